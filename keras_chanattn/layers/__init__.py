@@ -1,0 +1,29 @@
+"""Attention layers, one module per family, and the registry that names them."""
+
+from keras_chanattn.layers.common import AttentionLayer, make_divisible
+from keras_chanattn.layers.eca import EfficientChannelAttention, adaptive_kernel_size
+from keras_chanattn.layers.registry import (
+    create_attention,
+    get_attention_class,
+    list_attention,
+    register_attention,
+)
+from keras_chanattn.layers.shuffle_attention import ShuffleAttention, channel_shuffle
+from keras_chanattn.layers.squeeze_excite import SqueezeExcite
+from keras_chanattn.layers.srm import FoldedStyleRecalibration, StyleRecalibration
+
+__all__ = [
+    "AttentionLayer",
+    "EfficientChannelAttention",
+    "FoldedStyleRecalibration",
+    "ShuffleAttention",
+    "SqueezeExcite",
+    "StyleRecalibration",
+    "adaptive_kernel_size",
+    "channel_shuffle",
+    "create_attention",
+    "get_attention_class",
+    "list_attention",
+    "make_divisible",
+    "register_attention",
+]

@@ -1,0 +1,56 @@
+"""The attention registry: names to layer classes, and the `create_attention` factory."""
+
+import keras
+
+_REGISTRY = {}
+
+
+def register_attention(name):
+    """Class decorator: registers an attention layer under `name` and with Keras saving.
+
+    The class becomes loadable from `.keras` files without `custom_objects`, and
+    `create_attention(name)` builds it, so every model builder and test sees it.
+    """
+
+    def decorator(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"Attention name {name!r} is already registered to {_REGISTRY[name]}.")
+        cls = keras.saving.register_keras_serializable(package="keras_chanattn")(cls)
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_attention():
+    """Returns the registered attention names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_attention_class(name):
+    """Returns the layer class registered under `name`; unknown names raise `ValueError`."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"Unknown attention {name!r}. Valid names are: {', '.join(list_attention())}."
+        )
+    return _REGISTRY[key]
+
+
+def create_attention(name, **kwargs):
+    """Builds a new attention layer by registry name.
+
+    Args:
+        name: a registered name (see `list_attention()`), e.g. `"se"` or `"srm"`; case
+            does not matter.
+        **kwargs: constructor arguments of that layer.
+
+    Returns:
+        A new, unbuilt `keras.layers.Layer`.
+
+    Example:
+
+    >>> layer = create_attention("se", reduction=8)
+    """
+    return get_attention_class(name)(**kwargs)

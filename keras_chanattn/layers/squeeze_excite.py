@@ -1,0 +1,111 @@
+"""Squeeze-and-Excitation Networks (Hu et al., CVPR 2018): https://arxiv.org/abs/1709.01507"""
+
+import keras
+from keras import ops
+
+from keras_chanattn.layers.common import (
+    GATE_ACTIVATIONS,
+    AttentionLayer,
+    channels_from_shape,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    config_activation,
+    gate,
+    make_divisible,
+    spatial_max,
+    spatial_mean,
+)
+from keras_chanattn.layers.registry import register_attention
+
+
+def reduced_channels(channels, reduction, min_channels=1, divisor=None):
+    """Width of a bottleneck MLP: `channels / reduction`, floored at `min_channels`.
+
+    With a `divisor`, the width is rounded to a multiple of it (MobileNetV3 uses 8).
+    """
+    if divisor is None:
+        return max(min_channels, int(channels / reduction))
+    return make_divisible(channels / reduction, divisor, min_value=max(min_channels, divisor))
+
+
+@register_attention("se")
+class SqueezeExcite(AttentionLayer):
+    """Squeeze-and-Excitation block: a gated MLP over globally pooled channels.
+
+    `s = gate(FC(act(FC(pool(x)))))`, output `x * s`, with FC layers `C -> C/r -> C`
+    carrying biases.
+
+    Paper: Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation Networks", CVPR 2018,
+    https://arxiv.org/abs/1709.01507
+
+    Args:
+        reduction: reduction ratio `r` of the bottleneck. Defaults to `16`.
+        min_channels: smallest bottleneck width. Defaults to `1`.
+        divisor: if set, round the bottleneck width to a multiple of this (MobileNetV3
+            uses 8). Defaults to `None` (no rounding, as in the paper).
+        pooling: squeeze operator, `"avg"` or `"max"`. Defaults to `"avg"`.
+        activation: activation of the bottleneck, by name. Defaults to `"relu"`.
+        gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
+            Defaults to `"sigmoid"`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = SqueezeExcite(reduction=16)(x)
+    """
+
+    def __init__(
+        self,
+        reduction=16,
+        min_channels=1,
+        divisor=None,
+        pooling="avg",
+        activation="relu",
+        gate_activation="sigmoid",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.reduction = check_positive_float("reduction", reduction)
+        self.min_channels = check_positive_int("min_channels", min_channels)
+        self.divisor = None if divisor is None else check_positive_int("divisor", divisor)
+        self.pooling = check_choice("pooling", pooling, ("avg", "max"))
+        self.activation = config_activation(activation)
+        self.gate_activation = check_choice("gate_activation", gate_activation, GATE_ACTIVATIONS)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        hidden = reduced_channels(channels, self.reduction, self.min_channels, self.divisor)
+        self.reduce = keras.layers.Dense(
+            hidden, activation=self.activation, dtype=self.dtype_policy, name="reduce"
+        )
+        self.expand = keras.layers.Dense(channels, dtype=self.dtype_policy, name="expand")
+        self.reduce.build((None, channels))
+        self.expand.build((None, hidden))
+
+    def call(self, inputs):
+        pool = spatial_mean if self.pooling == "avg" else spatial_max
+        s = pool(inputs, keepdims=False)
+        s = gate(self.expand(self.reduce(s)), self.gate_activation)
+        return inputs * ops.expand_dims(ops.expand_dims(s, 1), 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "reduction": self.reduction,
+                "min_channels": self.min_channels,
+                "divisor": self.divisor,
+                "pooling": self.pooling,
+                "activation": self.activation,
+                "gate_activation": self.gate_activation,
+            }
+        )
+        return config

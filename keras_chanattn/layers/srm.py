@@ -1,0 +1,169 @@
+"""SRM: A Style-based Recalibration Module (Lee et al., ICCV 2019): https://arxiv.org/abs/1903.10829"""
+
+import keras
+from keras import ops
+
+from keras_chanattn.layers.common import (
+    AttentionLayer,
+    channels_from_shape,
+    check_positive_float,
+    style_moments,
+)
+from keras_chanattn.layers.registry import register_attention
+
+
+def _expand_hw(t):
+    return ops.expand_dims(ops.expand_dims(t, 1), 1)
+
+
+@register_attention("srm")
+class StyleRecalibration(AttentionLayer):
+    """Style-based Recalibration Module: a gate from each channel's mean and std.
+
+    Style pooling `t_c = [mean_c, sqrt(var_c + eps)]` over height and width (one
+    `moments` pass, unbiased variance as in the reference), channel-wise fully connected
+    integration `z_c = w_c0 * mean_c + w_c1 * std_c` (zero-initialised, no bias),
+    BatchNorm over the batch, sigmoid, output `x * g`.
+
+    In inference mode the BatchNorm is an affine map; `inference_layer()` returns a
+    `FoldedStyleRecalibration` with it folded into the CFC weights (same outputs).
+
+    Paper: Lee, Kim, Nam, "SRM: A Style-based Recalibration Module for Convolutional
+    Neural Networks", ICCV 2019, https://arxiv.org/abs/1903.10829
+
+    Args:
+        epsilon: added to the variance before the square root. Defaults to `1e-5`.
+        unbiased: divide the variance by `H * W - 1` (the reference) rather than `H * W`.
+            Defaults to `True`.
+        bn_momentum: BatchNorm moving-average momentum (Keras convention; PyTorch's 0.1
+            is Keras' 0.9). Defaults to `0.9`.
+        bn_epsilon: BatchNorm epsilon. Defaults to `1e-5` (the reference's).
+        synchronized: synchronise the BatchNorm statistics across replicas under a
+            `tf.distribute` strategy. Defaults to `False`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = StyleRecalibration()(x)
+    """
+
+    def __init__(
+        self,
+        epsilon=1e-5,
+        unbiased=True,
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.epsilon = check_positive_float("epsilon", epsilon)
+        self.unbiased = bool(unbiased)
+        if not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"`bn_momentum` must be in [0, 1), got {bn_momentum!r}.")
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
+        self.synchronized = bool(synchronized)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        self.cfc = self.add_weight(
+            name="cfc", shape=(channels, 2), initializer="zeros", trainable=True
+        )
+        self.bn = keras.layers.BatchNormalization(
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            synchronized=self.synchronized,
+            dtype=self.dtype_policy,
+            name="bn",
+        )
+        self.bn.build((None, channels))
+
+    def call(self, inputs, training=None):
+        mean, std = style_moments(inputs, self.epsilon, self.unbiased, keepdims=False)
+        cfc = ops.cast(self.cfc, "float32")
+        z = mean * cfc[:, 0] + std * cfc[:, 1]
+        z = self.bn(ops.cast(z, self.compute_dtype), training=training)
+        return inputs * _expand_hw(ops.sigmoid(z))
+
+    def inference_layer(self):
+        """Returns a `FoldedStyleRecalibration` with the BatchNorm folded into the CFC."""
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before folding it.")
+        cfc = ops.convert_to_numpy(self.cfc)
+        gamma = ops.convert_to_numpy(self.bn.gamma)
+        beta = ops.convert_to_numpy(self.bn.beta)
+        mean = ops.convert_to_numpy(self.bn.moving_mean)
+        var = ops.convert_to_numpy(self.bn.moving_variance)
+        scale = gamma / (var + self.bn_epsilon) ** 0.5
+        folded = FoldedStyleRecalibration(
+            epsilon=self.epsilon,
+            unbiased=self.unbiased,
+            dtype=self.dtype_policy,
+            name=f"{self.name}_folded",
+        )
+        folded.build((None, None, None, cfc.shape[0]))
+        folded.set_weights([cfc * scale[:, None], beta - mean * scale])
+        return folded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "epsilon": self.epsilon,
+                "unbiased": self.unbiased,
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+                "synchronized": self.synchronized,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class FoldedStyleRecalibration(AttentionLayer):
+    """Inference form of `StyleRecalibration`: the BatchNorm folded into the CFC.
+
+    `g_c = sigmoid(a_c * mean_c + b_c * std_c + d_c)`, output `x * g`. Built by
+    `StyleRecalibration.inference_layer()`; it computes the same outputs as the original
+    in inference mode, with no BatchNorm op.
+
+    Args:
+        epsilon: added to the variance before the square root. Defaults to `1e-5`.
+        unbiased: divide the variance by `H * W - 1`. Defaults to `True`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(self, epsilon=1e-5, unbiased=True, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = check_positive_float("epsilon", epsilon)
+        self.unbiased = bool(unbiased)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        self.kernel = self.add_weight(name="kernel", shape=(channels, 2), initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
+
+    def call(self, inputs):
+        mean, std = style_moments(inputs, self.epsilon, self.unbiased, keepdims=False)
+        kernel = ops.cast(self.kernel, "float32")
+        z = mean * kernel[:, 0] + std * kernel[:, 1] + ops.cast(self.bias, "float32")
+        return inputs * _expand_hw(ops.cast(ops.sigmoid(z), self.compute_dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"epsilon": self.epsilon, "unbiased": self.unbiased})
+        return config
