@@ -86,9 +86,7 @@ def test_config_round_trip_has_every_constructor_argument(name):
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
     # The config is plain JSON data.
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer)
     assert restored.get_config() == config
 

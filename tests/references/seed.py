@@ -9,7 +9,9 @@ from tests.references.numpy_ops import GATES, batch_norm, relu, sigmoid, to_nump
 def squeeze_excite(layer, x, training=False):
     s = x.max(axis=(1, 2)) if layer.pooling == "max" else x.mean(axis=(1, 2))
     h = relu(s @ to_numpy(layer.reduce.kernel) + to_numpy(layer.reduce.bias))
-    s = GATES[layer.gate_activation](h @ to_numpy(layer.expand.kernel) + to_numpy(layer.expand.bias))
+    s = GATES[layer.gate_activation](
+        h @ to_numpy(layer.expand.kernel) + to_numpy(layer.expand.bias)
+    )
     return x * s[:, None, None, :]
 
 
