@@ -1,9 +1,15 @@
-"""Image-classification data: the embedded offline default (handwritten digits).
+"""Image-classification data: TensorFlow Datasets, image folders, and the embedded default.
 
-The default data set needs no network: scikit-learn ships the UCI handwritten digits
-(1,797 real 8x8 grey-scale scans of the digits 0-9, 16 grey levels), which this module
-upsamples to the model's input size.
+Every source yields `(image, label)` pairs with float32 images in [0, 1] (NHWC) and int32
+labels, batched by `make_pipeline`. The embedded default needs no network: scikit-learn
+ships the UCI handwritten digits (1,797 real 8x8 grey-scale scans of the digits 0-9, 16
+grey levels), which `load_digits_images` upsamples to the model's input size. Nothing here
+downloads unless asked to (`download=True` for TFDS).
 """
+
+import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
@@ -55,3 +61,284 @@ def load_digits_images(image_size=32, channels=3, test_fraction=0.25, seed=0):
         images, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
     return (x_train, y_train), (x_test, y_test)
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Train and validation splits of an image-classification source, unbatched.
+
+    Attributes:
+        train: `tf.data.Dataset` of `(image, label)`, images float32 `(H, W, C)` in [0, 1].
+        validation: the same for the held-out split.
+        num_classes: number of classes.
+        class_names: class names, index = label.
+        image_shape: `(H, W, C)` of every image.
+    """
+
+    train: object
+    validation: object
+    num_classes: int
+    class_names: list
+    image_shape: tuple
+
+
+def _size(image_size):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            f"`image_size` must be a positive int or (height, width), got {image_size!r}."
+        )
+    return size
+
+
+def _to_float_image(image, size, channels):
+    import tensorflow as tf
+
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    if channels == 3 and image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 1 and image.shape[-1] == 3:
+        image = tf.image.rgb_to_grayscale(image)
+    return tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 1.0)
+
+
+def digits_data(image_size=32, channels=3, test_fraction=0.25, seed=0):
+    """The embedded digits as an `ImageData` (see `load_digits_images`)."""
+    import tensorflow as tf
+
+    (x, y), (xt, yt) = load_digits_images(image_size, channels, test_fraction, seed)
+    return ImageData(
+        train=tf.data.Dataset.from_tensor_slices((x, y)),
+        validation=tf.data.Dataset.from_tensor_slices((xt, yt)),
+        num_classes=DIGITS_CLASSES,
+        class_names=[str(i) for i in range(DIGITS_CLASSES)],
+        image_shape=x.shape[1:],
+    )
+
+
+def tfds_data(
+    name,
+    image_size=224,
+    channels=3,
+    train_split="train",
+    validation_split="test",
+    data_dir=None,
+    download=False,
+):
+    """A TensorFlow Datasets image-classification set, read from a local `data_dir`.
+
+    Args:
+        name: TFDS name, e.g. `"cifar10"`, `"dtd"`, `"imagenette"` (a `name:version` works).
+        image_size: output height and width (int or pair). Defaults to `224`.
+        channels: 1 or 3. Defaults to `3`.
+        train_split: TFDS split (slicing syntax allowed, e.g. `"train[:90%]"`). Defaults to
+            `"train"`.
+        validation_split: held-out split, e.g. `"test"` or `"train[90%:]"`. Defaults to
+            `"test"`.
+        data_dir: where the prepared data lives. Defaults to `None` (TFDS's default,
+            `~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
+        download: allow TFDS to download and prepare the data if it is missing (needs
+            network). Defaults to `False`: a missing data set is a `FileNotFoundError`
+            saying how to provide it.
+
+    Returns:
+        `ImageData`.
+    """
+    import tensorflow_datasets as tfds
+
+    size = _size(image_size)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as err:  # unknown names: TFDS raises its own DatasetNotFoundError
+        raise ValueError(f"TensorFlow Datasets has no data set {name!r}: {err}") from err
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS data set {name!r} has features {list(features)}; an image-classification "
+            "set with 'image' and 'label' features is needed."
+        )
+    if not builder.is_prepared():
+        if not download:
+            raise FileNotFoundError(
+                f"TFDS data set {name!r} is not prepared in {builder.data_dir}. No download is "
+                f"attempted. On a machine with network run `tfds build {name} --data_dir DIR` "
+                "(or prepare it manually for sets with manual downloads), copy DIR here, and "
+                f"pass data_dir=DIR (or set TFDS_DATA_DIR); or pass download=True."
+            )
+        builder.download_and_prepare()
+
+    def load(split):
+        ds = builder.as_dataset(split=split, as_supervised=True)
+        return ds.map(
+            lambda image, label: (_to_float_image(image, size, channels), _int_label(label))
+        )
+
+    label = features["label"]
+    return ImageData(
+        train=load(train_split),
+        validation=load(validation_split),
+        num_classes=label.num_classes,
+        class_names=list(label.names),
+        image_shape=(*size, channels),
+    )
+
+
+def _int_label(label):
+    import tensorflow as tf
+
+    return tf.cast(label, tf.int32)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def folder_data(root, image_size=224, channels=3, validation_fraction=0.2, seed=0):
+    """Images in `root/<class name>/<image>` folders, split into train and validation.
+
+    Classes are the sub-folder names in sorted order. The split is per class, stratified
+    and reproducible for a given seed, so every class appears in both splits when it has
+    at least two images.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        image_size: output height and width (int or pair). Defaults to `224`.
+        channels: 1 or 3. Defaults to `3`.
+        validation_fraction: share of each class held out, in [0, 1). Defaults to `0.2`.
+        seed: seed of the split. Defaults to `0`.
+
+    Returns:
+        `ImageData`.
+    """
+    import tensorflow as tf
+
+    size = _size(image_size)
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"`validation_fraction` must be in [0, 1), got {validation_fraction!r}.")
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {str(root)!r} does not exist.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(
+            f"{str(root)!r} must hold one sub-folder per class (root/<class>/<image>), at least "
+            f"two; found {classes}."
+        )
+    rng = np.random.default_rng(seed)
+    splits = {"train": ([], []), "validation": ([], [])}
+    for label, name in enumerate(classes):
+        files = sorted(
+            str(p) for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise ValueError(
+                f"Class folder {str(root / name)!r} holds no images {IMAGE_EXTENSIONS}."
+            )
+        files = [files[i] for i in rng.permutation(len(files))]
+        n_val = int(round(validation_fraction * len(files)))
+        if validation_fraction > 0 and len(files) > 1:
+            n_val = max(1, n_val)
+        for split, part in (("validation", files[:n_val]), ("train", files[n_val:])):
+            splits[split][0].extend(part)
+            splits[split][1].extend([label] * len(part))
+
+    def decode(path, label):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=channels, expand_animations=False
+        )
+        image.set_shape((None, None, channels))
+        return _to_float_image(image, size, channels), label
+
+    def load(split):
+        paths, labels = splits[split]
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int32")))
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return ImageData(
+        train=load("train"),
+        validation=load("validation"),
+        num_classes=len(classes),
+        class_names=classes,
+        image_shape=(*size, channels),
+    )
+
+
+def load_data(source="digits", image_size=32, channels=3, **kwargs):
+    """Loads an image-classification source by name.
+
+    Args:
+        source: `"digits"` (the embedded default), `"tfds:<name>"` (TensorFlow Datasets,
+            e.g. `"tfds:cifar10"`), or a path to an image folder.
+        image_size: output height and width. Defaults to `32`.
+        channels: 1 or 3. Defaults to `3`.
+        **kwargs: passed to `digits_data`, `tfds_data` or `folder_data`.
+
+    Returns:
+        `ImageData`.
+    """
+    if source == "digits":
+        return digits_data(image_size, channels, **kwargs)
+    if isinstance(source, str) and source.startswith("tfds:"):
+        return tfds_data(source[len("tfds:") :], image_size, channels, **kwargs)
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_dir():
+        return folder_data(source, image_size, channels, **kwargs)
+    raise ValueError(
+        f"Unknown data source {source!r}: use 'digits', 'tfds:<name>' or an existing image "
+        "folder (root/<class>/<image>)."
+    )
+
+
+def augmentation(flip=True, translate=0.1, zoom=0.1, seed=None):
+    """Keras 3 preprocessing layers for training-time augmentation, as one `Sequential`.
+
+    Args:
+        flip: random horizontal flips (off for data where mirroring changes the class,
+            such as digits). Defaults to `True`.
+        translate: largest random shift, as a fraction of height and width. Defaults to `0.1`.
+        zoom: largest random zoom in or out, as a fraction. Defaults to `0.1`.
+        seed: seed of the random layers. Defaults to `None`.
+    """
+    import keras
+
+    layers = []
+    if flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if translate:
+        layers.append(
+            keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed)
+        )
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def make_pipeline(
+    dataset, batch_size=64, shuffle=False, augment=None, seed=0, drop_remainder=False
+):
+    """Batches an `(image, label)` dataset for `model.fit`.
+
+    Args:
+        dataset: unbatched `tf.data.Dataset` of `(image, label)`.
+        batch_size: batch size. Defaults to `64`.
+        shuffle: shuffle each epoch (training). Defaults to `False`.
+        augment: `None`/`False` for none, `True` for `augmentation()`, or a Keras layer
+            applied to each batch. Defaults to `None`.
+        seed: shuffle seed. Defaults to `0`.
+        drop_remainder: drop the last incomplete batch. Defaults to `False`.
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+    """
+    import tensorflow as tf
+
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if augment:
+        layer = augmentation(seed=seed) if augment is True else augment
+        dataset = dataset.map(
+            lambda x, y: (tf.clip_by_value(layer(x, training=True), 0.0, 1.0), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)

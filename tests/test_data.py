@@ -35,3 +35,75 @@ def test_digits_split_is_reproducible_and_disjoint():
 def test_digits_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_digits_images(**kwargs)
+
+
+def _write_folder(root, counts, size=(9, 7)):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    (root / "cats" / "notes.txt").write_text("not an image")
+
+
+def test_folder_source_shapes_labels_and_split(tmp_path):
+    from keras_chanattn.data import folder_data, make_pipeline
+
+    _write_folder(tmp_path, {"cats": 5, "dogs": 4})
+    data = folder_data(tmp_path, image_size=12, validation_fraction=0.25)
+    assert data.class_names == ["cats", "dogs"] and data.num_classes == 2
+    assert data.image_shape == (12, 12, 3)
+    train = list(data.train.as_numpy_iterator())
+    val = list(data.validation.as_numpy_iterator())
+    assert len(train) + len(val) == 9 and len(val) == 2  # one per class, rounded
+    assert sorted({int(y) for _, y in val}) == [0, 1]
+    for x, y in train + val:
+        assert x.shape == (12, 12, 3) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
+        assert y.dtype == np.int32
+    batches = list(make_pipeline(data.train, batch_size=4, shuffle=True, augment=True))
+    assert [b[0].shape[0] for b in batches] == [4, 3] and batches[0][0].shape[1:] == (12, 12, 3)
+
+
+def test_folder_source_errors(tmp_path):
+    from keras_chanattn.data import folder_data
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_data(tmp_path / "missing")
+    (tmp_path / "only").mkdir()
+    with pytest.raises(ValueError, match="one sub-folder per class"):
+        folder_data(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        folder_data(tmp_path)
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from keras_chanattn.data import load_data, make_pipeline
+
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        # download=True: mock_data turns the preparation into a no-op.
+        data = load_data("tfds:cifar10", image_size=16, data_dir=str(tmp_path), download=True)
+        assert data.num_classes == 10 and data.class_names[0] == "airplane"
+        x, y = next(iter(make_pipeline(data.train, batch_size=6)))
+    assert x.shape == (6, 16, 16, 3) and x.dtype == "float32" and y.dtype == "int32"
+    assert 0.0 <= float(np.min(x)) <= float(np.max(x)) <= 1.0
+    assert all(0 <= int(v) < 10 for v in y)
+
+
+def test_tfds_missing_data_is_a_clear_error_without_download(tmp_path):
+    from keras_chanattn.data import tfds_data
+
+    with pytest.raises(FileNotFoundError, match=r"not prepared.*tfds build cifar10"):
+        tfds_data("cifar10", data_dir=str(tmp_path))
+
+
+def test_unknown_source_is_a_clear_error():
+    from keras_chanattn.data import load_data
+
+    with pytest.raises(ValueError, match="Unknown data source"):
+        load_data("no-such-source")
