@@ -88,7 +88,7 @@ def test_tfds_source_with_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         # download=True: mock_data turns the preparation into a no-op.
         data = load_data("tfds:cifar10", image_size=16, data_dir=str(tmp_path), download=True)
-        assert data.num_classes == 10 and data.class_names[0] == "airplane"
+        assert data.num_classes == 10 and len(data.class_names) == 10
         x, y = next(iter(make_pipeline(data.train, batch_size=6)))
     assert x.shape == (6, 16, 16, 3) and x.dtype == "float32" and y.dtype == "int32"
     assert 0.0 <= float(np.min(x)) <= float(np.max(x)) <= 1.0
