@@ -2,11 +2,18 @@
 
 from keras_chanattn import layers
 from keras_chanattn.layers import (
+    CBAM,
+    ChannelAttention,
     EfficientChannelAttention,
+    FoldedCBAM,
+    FoldedSpatialAttention,
     FoldedStyleRecalibration,
+    FoldedTripletAttention,
     ShuffleAttention,
+    SpatialAttention,
     SqueezeExcite,
     StyleRecalibration,
+    TripletAttention,
     create_attention,
     list_attention,
 )
@@ -14,11 +21,18 @@ from keras_chanattn.layers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CBAM",
+    "ChannelAttention",
     "EfficientChannelAttention",
+    "FoldedCBAM",
+    "FoldedSpatialAttention",
     "FoldedStyleRecalibration",
+    "FoldedTripletAttention",
     "ShuffleAttention",
+    "SpatialAttention",
     "SqueezeExcite",
     "StyleRecalibration",
+    "TripletAttention",
     "create_attention",
     "layers",
     "list_attention",

@@ -1,5 +1,14 @@
 """Attention layers, one module per family, and the registry that names them."""
 
+from keras_chanattn.layers.cbam import (
+    CBAM,
+    ChannelAttention,
+    ConvGate,
+    FoldedCBAM,
+    FoldedSpatialAttention,
+    SpatialAttention,
+    z_pool,
+)
 from keras_chanattn.layers.common import AttentionLayer, make_divisible
 from keras_chanattn.layers.eca import EfficientChannelAttention, adaptive_kernel_size
 from keras_chanattn.layers.registry import (
@@ -11,14 +20,23 @@ from keras_chanattn.layers.registry import (
 from keras_chanattn.layers.shuffle_attention import ShuffleAttention, channel_shuffle
 from keras_chanattn.layers.squeeze_excite import SqueezeExcite
 from keras_chanattn.layers.srm import FoldedStyleRecalibration, StyleRecalibration
+from keras_chanattn.layers.triplet import FoldedTripletAttention, TripletAttention
 
 __all__ = [
     "AttentionLayer",
+    "CBAM",
+    "ChannelAttention",
+    "ConvGate",
     "EfficientChannelAttention",
+    "FoldedCBAM",
+    "FoldedSpatialAttention",
     "FoldedStyleRecalibration",
+    "FoldedTripletAttention",
     "ShuffleAttention",
+    "SpatialAttention",
     "SqueezeExcite",
     "StyleRecalibration",
+    "TripletAttention",
     "adaptive_kernel_size",
     "channel_shuffle",
     "create_attention",
@@ -26,4 +44,5 @@ __all__ = [
     "list_attention",
     "make_divisible",
     "register_attention",
+    "z_pool",
 ]

@@ -1,0 +1,582 @@
+"""CBAM: Convolutional Block Attention Module (Woo et al., ECCV 2018): https://arxiv.org/abs/1807.06521
+
+Also holds the pieces of a pooled-map spatial gate (`z_pool`, `ConvGate`) that Triplet
+Attention reuses for its three branches.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_chanattn.layers.common import (
+    GATE_ACTIVATIONS,
+    AttentionLayer,
+    channels_from_shape,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    gate,
+    spatial_max,
+    spatial_mean,
+)
+from keras_chanattn.layers.registry import register_attention
+from keras_chanattn.layers.squeeze_excite import reduced_channels
+
+# The reference (`BasicConv` of the official CBAM and Triplet Attention code) uses
+# `BatchNorm2d(eps=1e-5, momentum=0.01)`; PyTorch's momentum m is Keras' 1 - m.
+REFERENCE_BN_MOMENTUM = 0.99
+REFERENCE_BN_EPSILON = 1e-5
+
+
+def check_odd_kernel_size(value):
+    """Raises `ValueError` unless `value` is a positive odd integer (a centred kernel)."""
+    check_positive_int("kernel_size", value)
+    if value % 2 == 0:
+        raise ValueError(
+            f"`kernel_size` must be odd so that the convolution is centred (the reference pads "
+            f"by (k - 1) // 2 on each side), got {value}. Use {value + 1} or {value - 1}."
+        )
+    return value
+
+
+def check_bn_momentum(value):
+    """Raises `ValueError` unless `value` is a BatchNorm momentum in [0, 1), Keras convention."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`bn_momentum` must be a number in [0, 1) (Keras convention: PyTorch's momentum "
+            f"m is 1 - m here, so the reference's 0.01 is 0.99), got {value!r}."
+        )
+    return float(value)
+
+
+def z_pool(x, axis=-1):
+    """Max and mean of `x` over `axis`, stacked as two channels on a new last axis.
+
+    The order is `[max, mean]`, as the reference's `ChannelPool` / `ZPool`. `axis` is
+    removed: an NHWC tensor pooled over axis 1 gives `(N, W, C, 2)`, over axis 2
+    `(N, H, C, 2)`, over axis 3 `(N, H, W, 2)`. The mean is computed in float32 (a
+    float16 sum over many channels overflows) and cast back.
+    """
+    maximum = ops.max(x, axis=axis)
+    mean = ops.cast(ops.mean(ops.cast(x, "float32"), axis=axis), x.dtype)
+    return ops.stack([maximum, mean], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class ConvGate(keras.layers.Layer):
+    """Gate map from a Z-pooled map: `k x k` convolution (2 -> 1), BatchNorm, sigmoid.
+
+    The spatial gate of CBAM and of each Triplet Attention branch (the reference's
+    `BasicConv(2, 1, k, padding=(k - 1) // 2, relu=False)` then a sigmoid). The input is
+    the output of `z_pool`, `(batch, rows, cols, 2)`; the output is the gate,
+    `(batch, rows, cols, 1)`, in `(0, 1)`.
+
+    With `batch_norm=False` the convolution carries a bias instead of the BatchNorm: the
+    inference form, whose weights `folded_weights()` of a BatchNorm gate gives.
+
+    Porting PyTorch weights: `conv.kernel = w.transpose(2, 3, 1, 0)` for the reference's
+    conv weight `w` of shape `(1, 2, k, k)`; `bn.gamma`, `bn.beta`, `bn.moving_mean`,
+    `bn.moving_variance` from the BatchNorm's `weight`, `bias`, `running_mean`,
+    `running_var`.
+
+    Args:
+        kernel_size: odd size of the square convolution kernel. Defaults to `7`.
+        batch_norm: follow the convolution (no bias) with BatchNorm; if `False`, the
+            convolution has a bias and no BatchNorm follows. Defaults to `True`.
+        bn_momentum: BatchNorm moving-average momentum, Keras convention. Defaults to
+            `0.99` (the reference's PyTorch 0.01).
+        bn_epsilon: BatchNorm epsilon. Defaults to `1e-5` (the reference's).
+        bn_zero_gamma: initialise the BatchNorm scale at 0, so that the gate starts at
+            `sigmoid(beta) = 0.5` everywhere. Defaults to `False`.
+        synchronized: synchronise the BatchNorm statistics across replicas under a
+            `tf.distribute` strategy. Defaults to `False`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, rows, cols, 2)`; rows and cols may be unknown.
+
+    Output shape:
+        `(batch, rows, cols, 1)`.
+    """
+
+    def __init__(
+        self,
+        kernel_size=7,
+        batch_norm=True,
+        bn_momentum=REFERENCE_BN_MOMENTUM,
+        bn_epsilon=REFERENCE_BN_EPSILON,
+        bn_zero_gamma=False,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.kernel_size = check_odd_kernel_size(kernel_size)
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
+        self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
+        self.bn_zero_gamma = bool(bn_zero_gamma)
+        self.synchronized = bool(synchronized)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4 or shape[-1] != 2:
+            raise ValueError(
+                f"ConvGate expects a Z-pooled map (batch, rows, cols, 2), got shape {shape}. "
+                "Feed it the output of `z_pool`."
+            )
+        self.conv = keras.layers.Conv2D(
+            1,
+            self.kernel_size,
+            padding="same",
+            use_bias=not self.batch_norm,
+            # PyTorch's Conv2d default: uniform in +-1/sqrt(fan_in), fan_in = 2 * k * k.
+            kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.conv.build((None, None, None, 2))
+        self.bn = None
+        if self.batch_norm:
+            self.bn = keras.layers.BatchNormalization(
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                gamma_initializer="zeros" if self.bn_zero_gamma else "ones",
+                synchronized=self.synchronized,
+                dtype=self.dtype_policy,
+                name="bn",
+            )
+            self.bn.build((None, None, None, 1))
+
+    def call(self, inputs, training=None):
+        y = self.conv(inputs)
+        if self.bn is not None:
+            y = self.bn(y, training=training)
+        return ops.sigmoid(y)
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], 1)
+
+    def folded_weights(self):
+        """`[kernel, bias]` of a `ConvGate(batch_norm=False)` giving the same gate as this
+        one in inference mode: the BatchNorm's affine map folded into the convolution."""
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before folding it.")
+        if self.bn is None:
+            return [ops.convert_to_numpy(w) for w in self.conv.weights]
+
+        def numpy64(variable):
+            return np.asarray(ops.convert_to_numpy(variable), np.float64)
+
+        scale = numpy64(self.bn.gamma) / np.sqrt(numpy64(self.bn.moving_variance) + self.bn_epsilon)
+        kernel = numpy64(self.conv.kernel) * scale
+        bias = numpy64(self.bn.beta) - numpy64(self.bn.moving_mean) * scale
+        return [kernel.astype(np.float32), bias.astype(np.float32)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "kernel_size": self.kernel_size,
+                "batch_norm": self.batch_norm,
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+                "bn_zero_gamma": self.bn_zero_gamma,
+                "synchronized": self.synchronized,
+            }
+        )
+        return config
+
+
+def _expand_hw(t):
+    return ops.expand_dims(ops.expand_dims(t, 1), 1)
+
+
+def _require_built(layer):
+    if not layer.built:
+        raise ValueError("Build the layer (call it on an input) before folding it.")
+
+
+def channel_arguments(reduction=16, min_channels=1, divisor=None, gate_activation="sigmoid"):
+    """Validated constructor arguments of `ChannelAttention`, as a config dict."""
+    return {
+        "reduction": check_positive_float("reduction", reduction),
+        "min_channels": check_positive_int("min_channels", min_channels),
+        "divisor": None if divisor is None else check_positive_int("divisor", divisor),
+        "gate_activation": check_choice("gate_activation", gate_activation, GATE_ACTIVATIONS),
+    }
+
+
+def spatial_arguments(
+    kernel_size=7,
+    bn_momentum=REFERENCE_BN_MOMENTUM,
+    bn_epsilon=REFERENCE_BN_EPSILON,
+    bn_zero_gamma=True,
+    synchronized=False,
+):
+    """Validated constructor arguments of `SpatialAttention`, as a config dict."""
+    return {
+        "kernel_size": check_odd_kernel_size(kernel_size),
+        "bn_momentum": check_bn_momentum(bn_momentum),
+        "bn_epsilon": check_positive_float("bn_epsilon", bn_epsilon),
+        "bn_zero_gamma": bool(bn_zero_gamma),
+        "synchronized": bool(synchronized),
+    }
+
+
+CHANNEL_ARGUMENTS = ("reduction", "min_channels", "divisor", "gate_activation")
+SPATIAL_ARGUMENTS = ("kernel_size", "bn_momentum", "bn_epsilon", "bn_zero_gamma", "synchronized")
+
+
+def _set_arguments(layer, arguments):
+    for key, value in arguments.items():
+        setattr(layer, key, value)
+
+
+def _arguments(layer, names):
+    return {key: getattr(layer, key) for key in names}
+
+
+@register_attention("channel_attention")
+class ChannelAttention(AttentionLayer):
+    """CBAM's channel attention: a shared MLP over average- and max-pooled channels.
+
+    `s = gate(MLP(GAP(x)) + MLP(GMP(x)))`, output `x * s`, where the MLP
+    `C -> C/r -> C` (biases, ReLU) is shared by the two pooled vectors.
+
+    Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module",
+    ECCV 2018, https://arxiv.org/abs/1807.06521
+
+    Args:
+        reduction: reduction ratio `r` of the bottleneck. Defaults to `16`.
+        min_channels: smallest bottleneck width. Defaults to `1`.
+        divisor: if set, round the bottleneck width to a multiple of this. Defaults to
+            `None` (no rounding, as in the paper).
+        gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
+            Defaults to `"sigmoid"`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = ChannelAttention(reduction=16)(x)
+    """
+
+    def __init__(
+        self, reduction=16, min_channels=1, divisor=None, gate_activation="sigmoid", **kwargs
+    ):
+        super().__init__(**kwargs)
+        _set_arguments(self, channel_arguments(reduction, min_channels, divisor, gate_activation))
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        hidden = reduced_channels(channels, self.reduction, self.min_channels, self.divisor)
+        self.reduce = keras.layers.Dense(
+            hidden, activation="relu", dtype=self.dtype_policy, name="reduce"
+        )
+        self.expand = keras.layers.Dense(channels, dtype=self.dtype_policy, name="expand")
+        self.reduce.build((None, channels))
+        self.expand.build((None, hidden))
+
+    def call(self, inputs):
+        pooled = ops.stack(
+            [spatial_mean(inputs, keepdims=False), spatial_max(inputs, keepdims=False)], axis=1
+        )  # (N, 2, C): the shared MLP runs once on both
+        s = ops.sum(self.expand(self.reduce(pooled)), axis=1)
+        return inputs * _expand_hw(gate(s, self.gate_activation))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(_arguments(self, CHANNEL_ARGUMENTS))
+        return config
+
+
+@register_attention("spatial_attention")
+class SpatialAttention(AttentionLayer):
+    """CBAM's spatial attention: a convolutional gate over the channel-pooled map.
+
+    `z = [max_C(x), mean_C(x)]` (two channels, in that order), then a `k x k`
+    convolution `2 -> 1` without bias, BatchNorm, sigmoid, and `x * g`.
+
+    In inference mode the BatchNorm is an affine map; `inference_layer()` returns a
+    `FoldedSpatialAttention` with it folded into the convolution (same outputs).
+
+    Porting the reference's (`SpatialGate`) weights: `gate.conv.kernel =
+    w.transpose(2, 3, 1, 0)` for `spatial.conv.weight` `w`, of shape `(1, 2, k, k)`;
+    `gate.bn` from `spatial.bn` (see `ConvGate`).
+
+    Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module",
+    ECCV 2018, https://arxiv.org/abs/1807.06521
+
+    Args:
+        kernel_size: odd size of the square convolution kernel. Defaults to `7`.
+        bn_momentum: BatchNorm moving-average momentum, Keras convention (PyTorch's 0.01
+            is Keras' 0.99). Defaults to `0.99` (the reference's).
+        bn_epsilon: BatchNorm epsilon. Defaults to `1e-5` (the reference's).
+        bn_zero_gamma: initialise the BatchNorm scale at 0, so that the block starts as
+            `x * 0.5`, as the reference ResNet does. Defaults to `True`.
+        synchronized: synchronise the BatchNorm statistics across replicas under a
+            `tf.distribute` strategy. Defaults to `False`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = SpatialAttention(kernel_size=7)(x)
+    """
+
+    def __init__(
+        self,
+        kernel_size=7,
+        bn_momentum=REFERENCE_BN_MOMENTUM,
+        bn_epsilon=REFERENCE_BN_EPSILON,
+        bn_zero_gamma=True,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _set_arguments(
+            self,
+            spatial_arguments(kernel_size, bn_momentum, bn_epsilon, bn_zero_gamma, synchronized),
+        )
+
+    def build(self, input_shape):
+        self.channels = channels_from_shape(self, input_shape)
+        self.gate = ConvGate(
+            self.kernel_size,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            bn_zero_gamma=self.bn_zero_gamma,
+            synchronized=self.synchronized,
+            dtype=self.dtype_policy,
+            name="gate",
+        )
+        self.gate.build((None, None, None, 2))
+
+    def call(self, inputs, training=None):
+        return inputs * self.gate(z_pool(inputs, axis=-1), training=training)
+
+    def inference_layer(self):
+        """Returns a `FoldedSpatialAttention` with the BatchNorm folded into the convolution."""
+        _require_built(self)
+        folded = FoldedSpatialAttention(
+            self.kernel_size, dtype=self.dtype_policy, name=f"{self.name}_folded"
+        )
+        folded.build((None, None, None, self.channels))
+        folded.gate.set_weights(self.gate.folded_weights())
+        return folded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(_arguments(self, SPATIAL_ARGUMENTS))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class FoldedSpatialAttention(AttentionLayer):
+    """Inference form of `SpatialAttention`: the BatchNorm folded into the convolution.
+
+    `g = sigmoid(conv([max_C(x), mean_C(x)]) + b)`, output `x * g`. Built by
+    `SpatialAttention.inference_layer()`; it computes the same outputs as the original in
+    inference mode, with no BatchNorm op.
+
+    Args:
+        kernel_size: odd size of the square convolution kernel. Defaults to `7`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(self, kernel_size=7, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = check_odd_kernel_size(kernel_size)
+
+    def build(self, input_shape):
+        channels_from_shape(self, input_shape)
+        self.gate = ConvGate(
+            self.kernel_size, batch_norm=False, dtype=self.dtype_policy, name="gate"
+        )
+        self.gate.build((None, None, None, 2))
+
+    def call(self, inputs):
+        return inputs * self.gate(z_pool(inputs, axis=-1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"kernel_size": self.kernel_size})
+        return config
+
+
+@register_attention("cbam")
+class CBAM(AttentionLayer):
+    """Convolutional Block Attention Module: channel attention, then spatial attention.
+
+    `y = SpatialAttention(ChannelAttention(x))`: a shared MLP over the average- and
+    max-pooled channels gates the channels, then a `k x k` convolution over the
+    `[max, mean]` channel-pooled map (BatchNorm, sigmoid) gates the positions.
+
+    `inference_layer()` returns a `FoldedCBAM` with the spatial BatchNorm folded into its
+    convolution (same outputs in inference mode).
+
+    Porting the reference's weights: `channel_attention.reduce` / `.expand` take the
+    transposed `ChannelGate.mlp` Linear weights (`kernel = weight.T`); the spatial part
+    maps as in `SpatialAttention`.
+
+    Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module",
+    ECCV 2018, https://arxiv.org/abs/1807.06521
+
+    Args:
+        reduction: reduction ratio `r` of the channel MLP. Defaults to `16`.
+        min_channels: smallest bottleneck width. Defaults to `1`.
+        divisor: if set, round the bottleneck width to a multiple of this. Defaults to
+            `None`.
+        gate_activation: channel gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`,
+            `"relu"`. Defaults to `"sigmoid"`.
+        kernel_size: odd size of the spatial convolution kernel. Defaults to `7`.
+        bn_momentum: spatial BatchNorm momentum, Keras convention. Defaults to `0.99`
+            (the reference's PyTorch 0.01).
+        bn_epsilon: spatial BatchNorm epsilon. Defaults to `1e-5` (the reference's).
+        bn_zero_gamma: initialise the spatial BatchNorm scale at 0, as the reference
+            ResNet does. Defaults to `True`.
+        synchronized: synchronise the BatchNorm statistics across replicas. Defaults to
+            `False`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 256))
+    >>> y = CBAM(reduction=16, kernel_size=7)(x)
+    """
+
+    def __init__(
+        self,
+        reduction=16,
+        min_channels=1,
+        divisor=None,
+        gate_activation="sigmoid",
+        kernel_size=7,
+        bn_momentum=REFERENCE_BN_MOMENTUM,
+        bn_epsilon=REFERENCE_BN_EPSILON,
+        bn_zero_gamma=True,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _set_arguments(self, channel_arguments(reduction, min_channels, divisor, gate_activation))
+        _set_arguments(
+            self,
+            spatial_arguments(kernel_size, bn_momentum, bn_epsilon, bn_zero_gamma, synchronized),
+        )
+
+    def build(self, input_shape):
+        self.channels = channels_from_shape(self, input_shape)
+        self.channel_attention = ChannelAttention(
+            **_arguments(self, CHANNEL_ARGUMENTS), dtype=self.dtype_policy, name="channel_attention"
+        )
+        self.spatial_attention = SpatialAttention(
+            **_arguments(self, SPATIAL_ARGUMENTS), dtype=self.dtype_policy, name="spatial_attention"
+        )
+        self.channel_attention.build(input_shape)
+        self.spatial_attention.build(input_shape)
+
+    def call(self, inputs, training=None):
+        return self.spatial_attention(self.channel_attention(inputs), training=training)
+
+    def inference_layer(self):
+        """Returns a `FoldedCBAM` with the spatial BatchNorm folded into its convolution."""
+        _require_built(self)
+        folded = FoldedCBAM(
+            **_arguments(self, CHANNEL_ARGUMENTS),
+            kernel_size=self.kernel_size,
+            dtype=self.dtype_policy,
+            name=f"{self.name}_folded",
+        )
+        folded.build((None, None, None, self.channels))
+        folded.channel_attention.set_weights(self.channel_attention.get_weights())
+        folded.spatial_attention.gate.set_weights(self.spatial_attention.gate.folded_weights())
+        return folded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(_arguments(self, CHANNEL_ARGUMENTS))
+        config.update(_arguments(self, SPATIAL_ARGUMENTS))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class FoldedCBAM(AttentionLayer):
+    """Inference form of `CBAM`: `FoldedSpatialAttention(ChannelAttention(x))`.
+
+    Built by `CBAM.inference_layer()`; it computes the same outputs as the original in
+    inference mode, with no BatchNorm op.
+
+    Args:
+        reduction: reduction ratio `r` of the channel MLP. Defaults to `16`.
+        min_channels: smallest bottleneck width. Defaults to `1`.
+        divisor: if set, round the bottleneck width to a multiple of this. Defaults to
+            `None`.
+        gate_activation: channel gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`,
+            `"relu"`. Defaults to `"sigmoid"`.
+        kernel_size: odd size of the spatial convolution kernel. Defaults to `7`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(
+        self,
+        reduction=16,
+        min_channels=1,
+        divisor=None,
+        gate_activation="sigmoid",
+        kernel_size=7,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _set_arguments(self, channel_arguments(reduction, min_channels, divisor, gate_activation))
+        self.kernel_size = check_odd_kernel_size(kernel_size)
+
+    def build(self, input_shape):
+        channels_from_shape(self, input_shape)
+        self.channel_attention = ChannelAttention(
+            **_arguments(self, CHANNEL_ARGUMENTS), dtype=self.dtype_policy, name="channel_attention"
+        )
+        self.spatial_attention = FoldedSpatialAttention(
+            self.kernel_size, dtype=self.dtype_policy, name="spatial_attention"
+        )
+        self.channel_attention.build(input_shape)
+        self.spatial_attention.build(input_shape)
+
+    def call(self, inputs):
+        return self.spatial_attention(self.channel_attention(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(_arguments(self, CHANNEL_ARGUMENTS))
+        config.update({"kernel_size": self.kernel_size})
+        return config
