@@ -1,0 +1,174 @@
+"""The fine-tuning recipe: weight-decay groups, resume, schedule, and tf.distribute parity."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_chanattn
+from keras_chanattn.data import digits_data
+from keras_chanattn.train import TrainConfig, fit_classifier, no_decay_variables
+
+
+def tiny_classifier(attention="srm", shape=(8, 8, 3), classes=10):
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.ReLU()(x)
+    if attention:
+        x = keras_chanattn.create_attention(attention)(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes)(x))
+
+
+def small_digits():
+    data = digits_data(image_size=8, test_fraction=0.5)
+    data.train = data.train.take(256)
+    data.validation = data.validation.take(128)
+    return data
+
+
+def test_weight_decay_skips_biases_norms_and_attention():
+    model = tiny_classifier("srm")
+    exempt = {id(v) for v in no_decay_variables(model)}
+    by_path = {v.path: id(v) in exempt for v in model.trainable_weights}
+    assert by_path == {
+        "conv2d/kernel": False,
+        "batch_normalization/gamma": True,
+        "batch_normalization/beta": True,
+        "style_recalibration/cfc": True,
+        "style_recalibration/bn/gamma": True,
+        "style_recalibration/bn/beta": True,
+        "dense/kernel": False,
+        "dense/bias": True,
+    }, by_path
+    decayed = {id(v) for v in no_decay_variables(model, include_attention=False)}
+    assert not any("style_recalibration/cfc" == v.path and id(v) in decayed for v in model.weights)
+
+
+def test_fit_learns_digits_and_reports(tmp_path):
+    config = TrainConfig(epochs=3, batch_size=32, learning_rate=0.1, warmup_epochs=0)
+    model, summary = fit_classifier(
+        tiny_classifier, small_digits(), config, out_dir=tmp_path, verbose=0
+    )
+    assert summary["epochs_run"] == 3 and summary["steps"] == 3 * 8
+    assert summary["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert summary["seconds_per_epoch"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
+    assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 1 + 3
+    assert keras.saving.load_model(tmp_path / "last.keras").count_params() == model.count_params()
+
+
+class _StopAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes_with_the_same_step_count(tmp_path):
+    config = TrainConfig(epochs=3, batch_size=32)
+    data = small_digits()
+    with pytest.raises(KeyboardInterrupt):
+        fit_classifier(tiny_classifier, data, config, tmp_path, verbose=0,
+                       callbacks=[_StopAtEpoch(2)])  # fmt: skip
+    _, resumed = fit_classifier(tiny_classifier, data, config, tmp_path, verbose=0)
+    _, straight = fit_classifier(tiny_classifier, data, config, tmp_path / "straight", verbose=0)
+    assert resumed["epochs_run"] == 1  # only the epoch that was left
+    assert resumed["steps"] == straight["steps"] == 3 * 8
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"optimizer": "rmsprop"}, {"label_smoothing": 1.0}, {"mixed_precision": "fp8"}]
+)
+def test_bad_config_is_a_clear_error(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        TrainConfig(**kwargs)
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    import keras_chanattn
+    from keras_chanattn.train import TrainConfig, fit_classifier
+
+    blocks = sys.argv[1].split(",")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 8)).astype("float32")
+    y = (np.arange(32) % 4).astype("int32")
+
+    class Data:
+        train = tf.data.Dataset.from_tensor_slices((x, y))
+        validation = tf.data.Dataset.from_tensor_slices((x[:16], y[:16]))
+        num_classes = 4
+
+    def build(block):
+        def make():
+            inputs = keras.Input((8, 8, 8))
+            h = inputs
+            for name in block.split("+"):
+                h = keras_chanattn.create_attention(name)(h)
+            h = keras.layers.GlobalAveragePooling2D()(h)
+            return keras.Model(inputs, keras.layers.Dense(4)(h))
+        return make
+
+    config = TrainConfig(epochs=2, batch_size=16, augment=False, sync_batch_norm=True,
+                         weight_decay=0.0, learning_rate=0.05, warmup_epochs=0)
+    # One strategy of each kind for the whole run: several MirroredStrategy objects in one
+    # process can clash in their collective-op keys.
+    strategies = (tf.distribute.OneDeviceStrategy("/cpu:0"),
+                  tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    out = {}
+    for block in blocks:
+        losses = []
+        for strategy in strategies:
+            model, summary = fit_classifier(build(block), Data, config, strategy=strategy,
+                                            verbose=0)
+            losses.append([summary["val_loss"], summary["replicas"]])
+        out[block] = losses
+    print(json.dumps(out))
+    """
+)
+
+
+def bn_blocks():
+    """Registered blocks that carry BatchNorm (their statistics must sync across replicas)."""
+    names = []
+    for name in keras_chanattn.list_attention():
+        layer = keras_chanattn.create_attention(name)
+        try:
+            layer.build((None, 8, 8, 8))
+        except ValueError:
+            continue  # needs other hyper-parameters at 8 channels (e.g. groups)
+        if any("moving_mean" in v.path for v in layer.weights):
+            names.append(name)
+    return names
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_matches_single_device(tmp_path):
+    blocks = bn_blocks()
+    assert "srm" in blocks
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, ",".join(blocks)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for block, ((single, one), (mirrored, two)) in out.items():
+        assert (one, two) == (1, 2)
+        assert np.isfinite(single)
+        assert abs(single - mirrored) <= 1e-4 * max(1.0, abs(single)), (block, single, mirrored)
