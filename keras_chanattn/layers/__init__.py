@@ -11,12 +11,15 @@ from keras_chanattn.layers.cbam import (
 )
 from keras_chanattn.layers.common import AttentionLayer, make_divisible
 from keras_chanattn.layers.eca import EfficientChannelAttention, adaptive_kernel_size
+from keras_chanattn.layers.gather_excite import FoldedGatherExcite, GatherExcite
+from keras_chanattn.layers.global_context import GlobalContext
 from keras_chanattn.layers.registry import (
     create_attention,
     get_attention_class,
     list_attention,
     register_attention,
 )
+from keras_chanattn.layers.sge import SpatialGroupEnhance
 from keras_chanattn.layers.shuffle_attention import ShuffleAttention, channel_shuffle
 from keras_chanattn.layers.squeeze_excite import SqueezeExcite
 from keras_chanattn.layers.srm import FoldedStyleRecalibration, StyleRecalibration
@@ -29,11 +32,15 @@ __all__ = [
     "ConvGate",
     "EfficientChannelAttention",
     "FoldedCBAM",
+    "FoldedGatherExcite",
     "FoldedSpatialAttention",
     "FoldedStyleRecalibration",
     "FoldedTripletAttention",
+    "GatherExcite",
+    "GlobalContext",
     "ShuffleAttention",
     "SpatialAttention",
+    "SpatialGroupEnhance",
     "SqueezeExcite",
     "StyleRecalibration",
     "TripletAttention",

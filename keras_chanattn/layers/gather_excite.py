@@ -1,0 +1,363 @@
+"""Gather-Excite: Exploiting Feature Context in CNNs (Hu et al., NeurIPS 2018): https://arxiv.org/abs/1810.12348"""
+
+import keras
+from keras import ops
+
+from keras_chanattn.layers.common import (
+    GATE_ACTIVATIONS,
+    AttentionLayer,
+    channels_from_shape,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    config_activation,
+    gate,
+    spatial_mean,
+)
+from keras_chanattn.layers.registry import register_attention
+from keras_chanattn.layers.squeeze_excite import reduced_channels
+
+
+def tile_mean(x, extent):
+    """Mean of an NHWC tensor over `extent x extent` tiles, in float32.
+
+    Tiles start at the top-left corner: tile `(i, j)` covers rows `[i*E, i*E + E)` and
+    columns `[j*E, j*E + E)`, clipped to the map, and is averaged over its in-bounds
+    positions only. This is average pooling with kernel `E`, stride `E` and the map padded
+    at the bottom and right up to a multiple of `E` (ceil mode), the padding not counted.
+    Height and width may be unknown and need not be multiples of `E`.
+
+    Returns:
+        A float32 tensor of shape `(N, ceil(H / E), ceil(W / E), C)`.
+    """
+    x32 = ops.cast(x, "float32")
+    shape = ops.shape(x32)
+    pad = [[0, 0], [0, (extent - shape[1] % extent) % extent]]
+    pad += [[0, (extent - shape[2] % extent) % extent], [0, 0]]
+    # Zero padding adds nothing to a tile's sum; the pooled ones give each tile's fraction
+    # of in-bounds positions, so the ratio is the mean over those positions only.
+    sums = ops.average_pool(ops.pad(x32, pad), extent, strides=extent, padding="valid")
+    ones = ops.ones_like(x32[:1, :, :, :1])
+    inside = ops.average_pool(ops.pad(ones, pad), extent, strides=extent, padding="valid")
+    return sums / inside
+
+
+def upsample_tiles(t, extent, like):
+    """Nearest-neighbour upsampling of a tile map by `extent`, cropped to the size of `like`.
+
+    Position `(h, w)` receives tile `(h // extent, w // extent)`: the inverse of
+    `tile_mean`'s tiling.
+    """
+    shape = ops.shape(like)
+    t = ops.repeat(ops.repeat(t, extent, axis=1), extent, axis=2)
+    return t[:, : shape[1], : shape[2], :]
+
+
+def _check_bn_momentum(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"`bn_momentum` must be in [0, 1), got {value!r}.")
+    return float(value)
+
+
+class _ExciteMixin:
+    """The excite half shared by `GatherExcite` and its folded form: optional MLP, gate."""
+
+    def _build_mlp(self, channels):
+        if not self.use_mlp:
+            return
+        hidden = reduced_channels(channels, self.reduction, self.min_channels, self.divisor)
+        self.reduce = keras.layers.Dense(
+            hidden, activation=self.activation, dtype=self.dtype_policy, name="reduce"
+        )
+        self.expand = keras.layers.Dense(channels, dtype=self.dtype_policy, name="expand")
+        self.reduce.build((None, channels))
+        self.expand.build((None, hidden))
+
+    def _excite(self, z):
+        if self.use_mlp:
+            z = self.expand(self.reduce(z))
+        return gate(z, self.gate_activation)
+
+    def _check_spatial_size(self, inputs):
+        kh, kw = self.gather_kernel.shape[:2]
+        h, w = inputs.shape[1:3]
+        if (h is not None and h != kh) or (w is not None and w != kw):
+            raise ValueError(
+                f"{type(self).__name__} was built for {kh}x{kw} feature maps (its depthwise "
+                f"gather covers the whole map), got an input of {h}x{w}. Build a new layer "
+                "for this size, or use the parameter-free gather (parametric=False)."
+            )
+
+    def _mlp_config(self):
+        return {
+            "use_mlp": self.use_mlp,
+            "reduction": self.reduction,
+            "min_channels": self.min_channels,
+            "divisor": self.divisor,
+            "activation": self.activation,
+            "gate_activation": self.gate_activation,
+        }
+
+    def _set_mlp_args(self, use_mlp, reduction, min_channels, divisor, activation, gate_act):
+        self.use_mlp = bool(use_mlp)
+        self.reduction = check_positive_float("reduction", reduction)
+        self.min_channels = check_positive_int("min_channels", min_channels)
+        self.divisor = None if divisor is None else check_positive_int("divisor", divisor)
+        self.activation = config_activation(activation)
+        self.gate_activation = check_choice("gate_activation", gate_act, GATE_ACTIVATIONS)
+
+
+def _known_spatial_size(layer, input_shape):
+    h, w = tuple(input_shape)[1:3]
+    if h is None or w is None:
+        raise ValueError(
+            f"{type(layer).__name__} with a parametric gather learns a depthwise kernel that "
+            f"covers the whole feature map, so it needs a known height and width at build "
+            f"time; got input shape {tuple(input_shape)}. Give the model input a fixed size "
+            "(e.g. keras.Input((56, 56, 64))), or use the parameter-free gather "
+            "(parametric=False), which works at any size."
+        )
+    return int(h), int(w)
+
+
+def _depthwise_gather(inputs, kernel):
+    """Weighted sum over the whole map per channel (a 'valid' depthwise conv), in float32."""
+    z = ops.depthwise_conv(
+        ops.cast(inputs, "float32"), ops.cast(kernel, "float32"), strides=1, padding="valid"
+    )
+    return ops.reshape(z, (-1, z.shape[-1]))
+
+
+@register_attention("ge")
+class GatherExcite(_ExciteMixin, AttentionLayer):
+    """Gather-Excite block: gate each position by context gathered over a spatial extent.
+
+    Gather: a context map from `x`; excite: an optional MLP, a gate, nearest-neighbour
+    upsampling back to the input size, and `x * g`. The paper's variants are chosen by
+    arguments:
+
+    - GE-theta-minus (parameter-free, the default): with global extent, `x * sigmoid(GAP(x))`.
+      With a finite `extent` E, position `(h, w)` is gated by the mean of `x` over its tile,
+      rows `[E * (h // E), E * (h // E) + E)` and columns likewise, clipped to the map.
+      That is average pooling with kernel E and stride E, the map padded at the bottom and
+      right up to a multiple of E and border tiles averaged over their in-bounds positions
+      only (PyTorch's `count_include_pad=False`), giving a `ceil(H/E) x ceil(W/E)` map,
+      then nearest-neighbour upsampling by the factor E, cropped to `H x W`. Works for any
+      height and width, unknown or not divisible by E.
+    - GE-theta (`parametric=True`): a depthwise convolution whose kernel covers the whole
+      `H x W` feature map (no bias), BatchNorm, gate. The kernel starts as the mean
+      (`1 / (H * W)`), so the block starts as GE-theta-minus with a BatchNorm. The spatial
+      size must be known at build time, and the layer only accepts that size.
+    - GE-theta-plus (`parametric=True, use_mlp=True`): GE-theta followed by an SE-style MLP
+      `C -> C / reduction -> C` (biases) before the gate. The MLP also works after the
+      parameter-free gather (with global extent that is exactly `SqueezeExcite`).
+
+    In inference mode the BatchNorm is an affine map; `inference_layer()` returns a
+    `FoldedGatherExcite` with it folded into the depthwise kernel and a bias.
+
+    Paper: Hu, Shen, Albanie, Sun, Vedaldi, "Gather-Excite: Exploiting Feature Context in
+    Convolutional Neural Networks", NeurIPS 2018, https://arxiv.org/abs/1810.12348
+
+    Args:
+        extent: size `E` of the gather tiles, or `None` for global extent (the whole map).
+            Defaults to `None`.
+        parametric: gather with a learned depthwise kernel covering the whole map, followed
+            by BatchNorm (GE-theta); needs `extent=None` and a known height and width.
+            Defaults to `False`.
+        use_mlp: excite with an SE-style MLP before the gate (GE-theta-plus). Defaults to
+            `False`.
+        reduction: reduction ratio `r` of the MLP. Defaults to `16`.
+        min_channels: smallest MLP width. Defaults to `1`.
+        divisor: if set, round the MLP width to a multiple of this. Defaults to `None`.
+        activation: activation of the MLP, by name. Defaults to `"relu"`.
+        gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
+            Defaults to `"sigmoid"`.
+        bn_momentum: BatchNorm moving-average momentum of the parametric gather (Keras
+            convention; PyTorch's 0.1 is Keras' 0.9). Defaults to `0.9`.
+        bn_epsilon: BatchNorm epsilon. Defaults to `1e-5` (the reference's).
+        synchronized: synchronise the BatchNorm statistics across replicas under a
+            `tf.distribute` strategy. Defaults to `False`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`; height and width may be unknown
+        unless `parametric=True`.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> y = GatherExcite(extent=4)(x)  # GE-theta-minus, extent 4
+    >>> x = keras.Input((14, 14, 256))
+    >>> y = GatherExcite(parametric=True, use_mlp=True)(x)  # GE-theta-plus
+    """
+
+    def __init__(
+        self,
+        extent=None,
+        parametric=False,
+        use_mlp=False,
+        reduction=16,
+        min_channels=1,
+        divisor=None,
+        activation="relu",
+        gate_activation="sigmoid",
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.extent = None if extent is None else check_positive_int("extent", extent)
+        self.parametric = bool(parametric)
+        if self.parametric and self.extent is not None:
+            raise ValueError(
+                f"The parametric gather covers the whole feature map (global extent), got "
+                f"extent={extent!r}. Use extent=None with parametric=True, or "
+                "parametric=False for a tiled parameter-free gather."
+            )
+        self._set_mlp_args(use_mlp, reduction, min_channels, divisor, activation, gate_activation)
+        self.bn_momentum = _check_bn_momentum(bn_momentum)
+        self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
+        self.synchronized = bool(synchronized)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        if self.parametric:
+            h, w = _known_spatial_size(self, input_shape)
+            self.gather_kernel = self.add_weight(
+                name="gather_kernel",
+                shape=(h, w, channels, 1),
+                initializer=keras.initializers.Constant(1.0 / (h * w)),
+            )
+            self.bn = keras.layers.BatchNormalization(
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                synchronized=self.synchronized,
+                dtype=self.dtype_policy,
+                name="bn",
+            )
+            self.bn.build((None, channels))
+        self._build_mlp(channels)
+
+    def call(self, inputs, training=None):
+        if self.parametric:
+            self._check_spatial_size(inputs)
+            z = ops.cast(_depthwise_gather(inputs, self.gather_kernel), self.compute_dtype)
+            z = self.bn(z, training=training)
+        elif self.extent is None:
+            z = spatial_mean(inputs, keepdims=False)
+        else:
+            z = ops.cast(tile_mean(inputs, self.extent), self.compute_dtype)
+            return inputs * upsample_tiles(self._excite(z), self.extent, inputs)
+        g = self._excite(z)
+        return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
+
+    def inference_layer(self):
+        """Returns a `FoldedGatherExcite` with the BatchNorm folded into the gather.
+
+        Only the parametric gather carries a BatchNorm; the other variants return the layer
+        itself.
+        """
+        if not self.parametric:
+            return self
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before folding it.")
+        kernel = ops.convert_to_numpy(self.gather_kernel)
+        gamma = ops.convert_to_numpy(self.bn.gamma)
+        beta = ops.convert_to_numpy(self.bn.beta)
+        mean = ops.convert_to_numpy(self.bn.moving_mean)
+        var = ops.convert_to_numpy(self.bn.moving_variance)
+        scale = gamma / (var + self.bn_epsilon) ** 0.5
+        folded = FoldedGatherExcite(
+            **self._mlp_config(), dtype=self.dtype_policy, name=f"{self.name}_folded"
+        )
+        h, w, channels = kernel.shape[:3]
+        folded.build((None, h, w, channels))
+        folded.gather_kernel.assign(kernel * scale[:, None])
+        folded.gather_bias.assign(beta - mean * scale)
+        if self.use_mlp:
+            folded.reduce.set_weights(self.reduce.get_weights())
+            folded.expand.set_weights(self.expand.get_weights())
+        return folded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "extent": self.extent,
+                "parametric": self.parametric,
+                **self._mlp_config(),
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+                "synchronized": self.synchronized,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
+    """Inference form of the parametric `GatherExcite`: BatchNorm folded into the gather.
+
+    `z = sum_{h,w} k[h, w, c] * x[h, w, c] + b_c` (a depthwise convolution covering the
+    whole map, with bias), then the optional MLP, the gate and `x * g`. Built by
+    `GatherExcite.inference_layer()`; it computes the same outputs as the original in
+    inference mode, with no BatchNorm op.
+
+    Args:
+        use_mlp: excite with an SE-style MLP before the gate. Defaults to `False`.
+        reduction: reduction ratio `r` of the MLP. Defaults to `16`.
+        min_channels: smallest MLP width. Defaults to `1`.
+        divisor: if set, round the MLP width to a multiple of this. Defaults to `None`.
+        activation: activation of the MLP, by name. Defaults to `"relu"`.
+        gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
+            Defaults to `"sigmoid"`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` with the height and width it was
+        built for.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(
+        self,
+        use_mlp=False,
+        reduction=16,
+        min_channels=1,
+        divisor=None,
+        activation="relu",
+        gate_activation="sigmoid",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._set_mlp_args(use_mlp, reduction, min_channels, divisor, activation, gate_activation)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        h, w = _known_spatial_size(self, input_shape)
+        self.gather_kernel = self.add_weight(
+            name="gather_kernel",
+            shape=(h, w, channels, 1),
+            initializer=keras.initializers.Constant(1.0 / (h * w)),
+        )
+        self.gather_bias = self.add_weight(
+            name="gather_bias", shape=(channels,), initializer="zeros"
+        )
+        self._build_mlp(channels)
+
+    def call(self, inputs):
+        self._check_spatial_size(inputs)
+        z = _depthwise_gather(inputs, self.gather_kernel) + ops.cast(self.gather_bias, "float32")
+        g = self._excite(ops.cast(z, self.compute_dtype))
+        return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._mlp_config())
+        return config

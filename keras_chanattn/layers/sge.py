@@ -1,0 +1,96 @@
+"""Spatial Group-wise Enhance (Li, Hu, Yang, 2019): https://arxiv.org/abs/1905.09646"""
+
+from keras import ops
+
+from keras_chanattn.layers.common import (
+    AttentionLayer,
+    channels_from_shape,
+    check_positive_float,
+    check_positive_int,
+    spatial_size,
+)
+from keras_chanattn.layers.registry import register_attention
+
+# Floor of the variance under the square root. sqrt has an infinite derivative at 0, so a
+# constant map (variance exactly 0) would give NaN gradients; below this floor the standard
+# deviation is 1e-15, ten orders of magnitude under `epsilon`, so outputs do not move.
+_VARIANCE_FLOOR = 1e-30
+
+
+@register_attention("sge")
+class SpatialGroupEnhance(AttentionLayer):
+    """Spatial Group-wise Enhance: each channel group gates its positions by their
+    similarity to the group's global feature.
+
+    The channels are split into `groups` groups; group `g` is channels
+    `[g * C/G, (g + 1) * C/G)`. Per group, the similarity map
+    `t = sum_c(x_c * GAP(x_c))` over the group's channels (an `H x W` map) is normalised
+    over the positions, `t = (t - mean(t)) / (std(t) + epsilon)` with the unbiased
+    standard deviation, scaled and shifted by the group's `w` (initialised to 0) and `b`
+    (initialised to 1), and gates the group, `x * sigmoid(t * w + b)`. The statistics are
+    computed in float32. A 1x1 map has standard deviation 0 (the reference's unbiased std
+    is undefined there), so its gate is `sigmoid(b)`.
+
+    Paper: Li, Hu, Yang, "Spatial Group-wise Enhance: Improving Semantic Feature Learning
+    in Convolutional Networks", 2019, https://arxiv.org/abs/1905.09646
+
+    Args:
+        groups: number of channel groups `G`; the channel count must be divisible by it.
+            Defaults to `64`.
+        epsilon: added to the standard deviation. Defaults to `1e-5` (the reference's).
+        unbiased: divide the variance by `H * W - 1` (the reference) rather than `H * W`.
+            Defaults to `True`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`, channels divisible by `groups`;
+        height and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 256))
+    >>> y = SpatialGroupEnhance(groups=64)(x)  # 128 parameters
+    """
+
+    def __init__(self, groups=64, epsilon=1e-5, unbiased=True, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = check_positive_int("groups", groups)
+        self.epsilon = check_positive_float("epsilon", epsilon)
+        self.unbiased = bool(unbiased)
+
+    def build(self, input_shape):
+        channels = channels_from_shape(self, input_shape)
+        if channels % self.groups:
+            valid = max(g for g in range(1, min(self.groups, channels) + 1) if channels % g == 0)
+            raise ValueError(
+                f"SpatialGroupEnhance needs channels divisible by groups = {self.groups}, got "
+                f"{channels} channels. Choose `groups` dividing {channels} "
+                f"(e.g. groups={valid})."
+            )
+        self.weight = self.add_weight(name="weight", shape=(self.groups,), initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(self.groups,), initializer="ones")
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        channels = inputs.shape[-1]
+        # (N, H, W, G, C/G): group g is channels [g * C/G, (g + 1) * C/G).
+        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, channels // self.groups))
+        x32 = ops.cast(x, "float32")
+        t = ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)  # (N, H, W, G)
+        # Two passes (centre, then square) on every backend: t can be large (x^2 summed).
+        t = t - ops.mean(t, axis=(1, 2), keepdims=True)
+        n = spatial_size(t)
+        dof = ops.maximum(n - 1.0, 1.0) if self.unbiased else n
+        var = ops.sum(ops.square(t), axis=(1, 2), keepdims=True) / dof
+        t = t / (ops.sqrt(ops.maximum(var, _VARIANCE_FLOOR)) + self.epsilon)
+        g = ops.sigmoid(t * ops.cast(self.weight, "float32") + ops.cast(self.bias, "float32"))
+        out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
+        return ops.reshape(out, (-1, shape[1], shape[2], channels))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"groups": self.groups, "epsilon": self.epsilon, "unbiased": self.unbiased})
+        return config
