@@ -284,10 +284,12 @@ class ChannelAttention(AttentionLayer):
         self.expand.build((None, hidden))
 
     def call(self, inputs):
-        pooled = ops.stack(
-            [spatial_mean(inputs, keepdims=False), spatial_max(inputs, keepdims=False)], axis=1
-        )  # (N, 2, C): the shared MLP runs once on both
-        s = ops.sum(self.expand(self.reduce(pooled)), axis=1)
+        # The shared MLP runs once on both pooled vectors, stacked along the batch: (2N, C).
+        pooled = ops.concatenate(
+            [spatial_mean(inputs, keepdims=False), spatial_max(inputs, keepdims=False)], axis=0
+        )
+        s = self.expand(self.reduce(pooled))
+        s = ops.sum(ops.reshape(s, (2, -1, inputs.shape[-1])), axis=0)
         return inputs * _expand_hw(gate(s, self.gate_activation))
 
     def get_config(self):
