@@ -1,0 +1,24 @@
+"""The errors export raises besides `ValueError` (bad input) and `FileExistsError`."""
+
+
+class ExportVerificationError(RuntimeError):
+    """An exported artefact does not compute what the Keras model computes.
+
+    Nothing is written when it is raised.
+
+    Attributes:
+        report: the report of the failed check (`VerificationReport` for TFLite,
+            `SavedModelReport` for SavedModel), with the figures and the failed checks in
+            `report.failures`; `report.to_json()` serialises it.
+    """
+
+    def __init__(self, report):
+        self.report = report
+        what = getattr(report, "quantization", None) or "SavedModel"
+        super().__init__(
+            f"Export verification failed ({what}): " + "; ".join(report.failures) + "."
+        )
+
+
+class ConversionError(RuntimeError):
+    """The TFLite converter rejected the model (for example an op with no TFLite builtin)."""

@@ -1,0 +1,234 @@
+"""TFLite conversion (float32, float16, dynamic range, full int8), verified, written atomically.
+
+The model goes through its inference forms (`inference_model`), a SavedModel with a static
+batch of 1 in a temporary directory, and `tf.lite.TFLiteConverter.from_saved_model` with
+builtin ops only, so an op with no TFLite builtin fails the conversion instead of becoming a
+Flex op a phone cannot run. Keras' own `model.export(format="litert")` takes converter
+options too, but writes the file in place and allows Flex ops by default, and cannot keep a
+declared gate path in float; hence this module.
+
+Formats:
+- `"float32"`: no quantisation.
+- `"float16"`: float16 weights, float32 compute (`supported_types = [tf.float16]`).
+- `"dynamic"`: int8 weights, activations quantised on the fly (no calibration data).
+- `"int8"`: full integer, int8 input and output, calibrated on `representative_data`
+  (`TFLITE_BUILTINS_INT8`). Ops a layer declares in `export_float_ops` stay in float, inside
+  that layer only (the converter's node deny-list), with DEQUANTIZE / QUANTIZE around them.
+"""
+
+import tempfile
+
+from keras_chanattn.export.errors import ConversionError, ExportVerificationError
+from keras_chanattn.export.files import check_output_path, write_bytes, write_text
+from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
+from keras_chanattn.export.inputs import (
+    as_images,
+    image_input_spec,
+    synthetic_images,
+    value_range,
+)
+from keras_chanattn.export.saved_model import write_saved_model
+from keras_chanattn.export.verify import (
+    SYNTHETIC_SAMPLES,
+    attribute_layer,
+    check_quantization,
+    run_verification,
+)
+
+
+def _float_nodes(calibrated, float_allowlist, known_layers):
+    """Output tensor names, in a calibrated float model, of the ops to keep in float."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=calibrated,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    names = []
+    for node in interpreter._get_ops_details():  # noqa: SLF001 (see verify.py)
+        for tensor in node["outputs"]:
+            name = interpreter._get_tensor_details(int(tensor), 0)["name"]  # noqa: SLF001
+            layer = attribute_layer(name, known_layers)
+            if layer in float_allowlist and node["op_name"] in float_allowlist[layer]:
+                names.append(name)
+    return names
+
+
+def _convert(export_model, spec, quantization, calibration, float_allowlist):
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="chanattn-tflite-") as saved_model:
+        write_saved_model(export_model, saved_model, spec, batch_size=1)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        keep_float = quantization == "int8" and bool(float_allowlist)
+        if quantization == "int8":
+            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+            # To keep declared ops in float, calibrate only, then quantise with those nodes
+            # deny-listed, as tf.lite.experimental.QuantizationDebugger does.
+            converter._experimental_calibrate_only = keep_float  # noqa: SLF001
+        try:
+            result = converter.convert()
+            if keep_float:
+                from tensorflow.lite.python import convert as tflite_convert
+
+                result = tflite_convert.mlir_quantize(
+                    result,
+                    disable_per_channel=converter._experimental_disable_per_channel,  # noqa: SLF001
+                    input_data_type=tf.int8,
+                    output_data_type=tf.int8,
+                    denylisted_nodes=_float_nodes(
+                        result, float_allowlist, layer_names(export_model)
+                    ),
+                )
+        except Exception as error:  # the converter raises several unrelated types
+            message = " ".join(str(error).split())[:2000]
+            raise ConversionError(
+                f"Converting model {export_model.name!r} to TFLite ({quantization}) failed: "
+                f"{message}. Export allows TFLite builtin ops only; an op without a builtin "
+                "(or without an int8 kernel, in int8) needs another formulation."
+            ) from error
+    return result
+
+
+def _calibration_images(quantization, representative_data, spec, limit):
+    expected = f"(N, {spec.height}, {spec.width}, {spec.channels})"
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            f"quantization='int8' needs representative_data: images of shape {expected} like "
+            "those the model will see (a NumPy array, a tf.data.Dataset of images or (image, "
+            "label) pairs, or a callable returning an iterable of batches), to calibrate the "
+            "activation ranges. About 100 to 500 images are typical."
+        )
+    return as_images(representative_data, spec, "representative_data", limit)
+
+
+def convert_tflite(
+    model,
+    quantization="float32",
+    representative_data=None,
+    *,
+    image_size=None,
+    num_calibration_samples=200,
+):
+    """Converts `model` to a TFLite flatbuffer (no verification, nothing written).
+
+    Args and errors as `export_tflite`. Prefer `export_tflite`, which also verifies.
+
+    Returns:
+        The flatbuffer, as `bytes`.
+    """
+    check_quantization(quantization)
+    spec = image_input_spec(model, image_size)
+    calibration = _calibration_images(
+        quantization, representative_data, spec, num_calibration_samples
+    )
+    export_model, _ = inference_model(model)
+    return _convert(export_model, spec, quantization, calibration, declared_float_ops(export_model))
+
+
+def export_tflite(
+    model,
+    path,
+    quantization="float32",
+    representative_data=None,
+    validation_data=None,
+    *,
+    overwrite=False,
+    image_size=None,
+    num_calibration_samples=200,
+    max_validation_samples=256,
+    thresholds=None,
+    probes=True,
+    enforce=True,
+    report_path=None,
+    num_threads=2,
+    seed=0,
+):
+    """Converts `model` to TFLite, verifies the result, and writes it atomically.
+
+    Layers with an inference form are replaced by it first; the verification
+    (`verify_tflite`'s checks: LiteRT interpreter with XNNPACK against the ORIGINAL Keras
+    model on held-out images and out-of-distribution probes, op list, XNNPACK partitions,
+    float ops in int8, NaNs) runs before anything is written; a failed check raises and
+    writes nothing.
+
+    Args:
+        model: a Keras model with one NHWC image input (static height and width, or give
+            `image_size`).
+        path: the `.tflite` file to write.
+        quantization: `"float32"`, `"float16"`, `"dynamic"` or `"int8"` (full integer, int8
+            input and output). Defaults to `"float32"`.
+        representative_data: calibration images for `"int8"` (required there, ignored
+            otherwise): a NumPy array `(N, H, W, C)`, an `(images, labels)` tuple, a
+            `tf.data.Dataset` of images or `(image, label)` pairs (batched or not), or a
+            callable returning an iterable of those. Defaults to `None`.
+        validation_data: held-out images for the verification, in the same forms; keep
+            them apart from the calibration images. Defaults to `None`: smooth random
+            images in the calibration data's range, reported as synthetic.
+        overwrite: replace an existing file at `path` (and `report_path`). Defaults to
+            `False`.
+        image_size: `(height, width)` where the model's input leaves them unknown.
+            Defaults to `None`.
+        num_calibration_samples: calibrate on at most this many images. Defaults to `200`.
+        max_validation_samples: verify on at most this many held-out images. Defaults to
+            `256`.
+        thresholds: a `VerificationThresholds` or a dict of fields replacing the format's
+            defaults (`keras_chanattn.export.DEFAULT_THRESHOLDS`). Defaults to `None`.
+        probes: also verify on out-of-distribution probes. Defaults to `True`.
+        enforce: raise on a failed check (and write nothing); with `False` the file is
+            written and the report lists the failures. Defaults to `True`.
+        report_path: also write the report as JSON there. Defaults to `None`.
+        num_threads: threads of the verification interpreter. Defaults to `2`.
+        seed: seed of the synthetic images and probes. Defaults to `0`.
+
+    Returns:
+        The `VerificationReport`, with `path` set.
+
+    Raises:
+        ValueError: unknown format, missing or wrongly shaped calibration data, a model
+            whose input is not an NHWC image, bad thresholds.
+        FileExistsError: `path` (or `report_path`) exists and `overwrite` is false.
+        ConversionError: the converter rejected the model (e.g. an op with no builtin).
+        ExportVerificationError: a verification check failed; `.report` has the figures.
+
+    Example:
+
+    >>> report = export_tflite(model, "se_int8.tflite", "int8", train_images[:200], test_images)
+    >>> print(report.summary())
+    """
+    check_quantization(quantization)
+    path = check_output_path(path, overwrite, "file")
+    if report_path is not None:
+        report_path = check_output_path(report_path, overwrite, "file")
+    spec = image_input_spec(model, image_size)
+    calibration = _calibration_images(
+        quantization, representative_data, spec, num_calibration_samples
+    )
+    held_out = as_images(validation_data, spec, "validation_data", max_validation_samples)
+    data_range = value_range(held_out, calibration)
+    source = "validation_data"
+    if held_out is None:
+        held_out = synthetic_images(spec, SYNTHETIC_SAMPLES, *data_range, seed=seed)
+        source = "synthetic (no validation_data given)"
+    export_model, forms = inference_model(model)
+    float_allowlist = declared_float_ops(export_model)
+    tflite_bytes = _convert(export_model, spec, quantization, calibration, float_allowlist)
+    report = run_verification(
+        tflite_bytes, model, quantization, spec, held_out, source, data_range,
+        export_model=export_model, inference_forms=forms, float_allowlist=float_allowlist,
+        thresholds=thresholds, probes=probes, num_threads=num_threads, seed=seed,
+    )  # fmt: skip
+    if enforce and report.failures:
+        raise ExportVerificationError(report)
+    report.path = write_bytes(path, tflite_bytes, overwrite)
+    if report_path is not None:
+        write_text(report_path, report.to_json(), overwrite)
+    return report
