@@ -1,0 +1,321 @@
+"""Parameter and FLOPs counts of the attention models, beside the papers' figures.
+
+FLOPs are counted analytically from the Keras graph, in the convention of the papers'
+tables (where "GFLOPs" means 10^9 multiply-adds):
+
+- convolutions and dense layers of the backbone count their multiply-accumulates
+  (`Conv2D`, `DepthwiseConv2D`, `SeparableConv2D`, `Conv1D`, `Dense`; biases not
+  counted); the other built-in Keras layers (BatchNorm, activations, adds, pooling,
+  padding, reshapes) count 0, as the papers do not count them either;
+- every other layer, the attention blocks among them, is traced into a TensorFlow graph
+  at its input shape (batch 1) and its ops are counted: one per multiply-accumulate of
+  `Conv2D` / `DepthwiseConv2dNative` / `MatMul` / `BatchMatMul`, one per output element of
+  an elementwise op (add, multiply, sigmoid, sqrt, ...), one per input element of a
+  reduction (mean, sum, max), two per element of an inference BatchNorm, and none for
+  data movement (reshape, transpose, concat, slice, pad, cast). This is how the SE
+  paper's +0.01 GFLOPs of SE-ResNet-50 comes about: the FC layers, the pooling and the
+  rescaling.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_chanattn.layers.registry import list_attention
+
+# Ops counted one per output element.
+_ELEMENTWISE = {
+    "Abs", "Add", "AddV2", "BiasAdd", "Div", "DivNoNan", "Elu", "Equal", "Erf", "Exp",
+    "Floor", "FloorDiv", "Greater", "GreaterEqual", "LeakyRelu", "Less", "LessEqual", "Log",
+    "Log1p", "LogicalAnd", "Maximum", "Minimum", "Mul", "Neg", "Pow", "RealDiv",
+    "Reciprocal", "Relu", "Relu6", "Round", "Rsqrt", "Select", "SelectV2", "Selu", "Sigmoid",
+    "Sign", "Softmax", "Softplus", "Sqrt", "Square", "SquaredDifference", "Sub", "Tanh",
+}  # fmt: skip
+# Ops counted one per input element.
+_REDUCTIONS = {"Mean", "Sum", "Max", "Min", "Prod", "ArgMax", "ArgMin"}
+_BATCH_NORM = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
+_CONV_LAYERS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+)
+
+
+def count_params(model):
+    """Returns `(total, trainable)` parameter counts of `model`."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return int(model.count_params()), trainable
+
+
+def count_flops(model):
+    """FLOPs of one forward pass at batch 1, in the papers' multiply-add convention.
+
+    See the module docstring for what is counted. The model's input shape must be fully
+    known (apart from the batch).
+
+    Returns:
+        An int: multiply-accumulates plus counted elementwise operations.
+    """
+    cache = {}
+    return int(sum(_node_flops(node, cache) for node in _nodes(model)))
+
+
+def _nodes(model):
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            operation = node.operation
+            if operation is None or node.is_input:
+                continue
+            if isinstance(operation, keras.Model) and hasattr(operation, "_nodes_by_depth"):
+                yield from _nodes(operation)
+            else:
+                yield node
+
+
+def _known(shape, what):
+    dims = tuple(shape)
+    if any(d is None for d in dims[1:]):
+        raise ValueError(
+            f"Counting FLOPs needs fully known shapes; {what} has shape {dims}. Build the "
+            "model with a fixed input_shape, e.g. (224, 224, 3)."
+        )
+    return (1,) + tuple(int(d) for d in dims[1:])
+
+
+def _node_flops(node, cache):
+    operation = node.operation
+    if isinstance(operation, _CONV_LAYERS):
+        out = _known(node.outputs[0].shape, operation.name)
+        inp = _known(node.input_tensors[0].shape, operation.name)
+        return _conv_layer_macs(operation, inp, out)
+    module = type(operation).__module__
+    if module.startswith("keras.") and not isinstance(operation, keras.Model):
+        return 0  # BatchNorm, activations, merges, pooling, padding, reshapes, keras.ops
+    return _traced_flops(operation, node, cache)
+
+
+def _conv_layer_macs(layer, inp, out):
+    out_elements = math.prod(out)
+    if isinstance(layer, keras.layers.Dense):
+        return out_elements * inp[-1]
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        mid = inp[-1] * layer.depth_multiplier
+        return math.prod(out[:-1]) * (mid * math.prod(layer.kernel_size) + mid * out[-1])
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return out_elements * math.prod(layer.kernel_size)
+    groups = getattr(layer, "groups", 1)
+    return out_elements * math.prod(layer.kernel_size) * inp[-1] // groups
+
+
+def _traced_flops(layer, node, cache):
+    def spec(t):
+        return tf.TensorSpec(_known(t.shape, layer.name), t.dtype)
+
+    structure = keras.tree.map_structure(
+        lambda a: spec(a) if isinstance(a, keras.KerasTensor) else a, node.arguments.args
+    )
+    key = (type(layer).__name__, repr(_config_without_name(layer)), repr(structure))
+    if key not in cache:
+        kwargs = {"training": False} if getattr(layer, "_call_has_training_arg", False) else {}
+        function = tf.function(lambda *args: layer(*args, **kwargs))
+        graph = function.get_concrete_function(*structure).graph
+        cache[key] = sum(_op_flops(op) for op in graph.get_operations())
+    return cache[key]
+
+
+def _config_without_name(layer):
+    try:
+        config = dict(layer.get_config())
+    except NotImplementedError:
+        return id(layer)
+    config.pop("name", None)
+    return sorted((k, repr(v)) for k, v in config.items())
+
+
+def _elements(shape):
+    dims = shape.as_list() if shape.rank is not None else None
+    if dims is None or any(d is None for d in dims):
+        return 0
+    return math.prod(dims)
+
+
+def _op_flops(op):
+    kind = op.type
+    if kind == "Conv2D":
+        kernel = op.inputs[1].shape.as_list()  # (kh, kw, cin / groups, cout)
+        return _elements(op.outputs[0].shape) * kernel[0] * kernel[1] * kernel[2]
+    if kind == "DepthwiseConv2dNative":
+        kernel = op.inputs[1].shape.as_list()  # (kh, kw, cin, multiplier)
+        return _elements(op.outputs[0].shape) * kernel[0] * kernel[1]
+    if kind == "MatMul":
+        a = op.inputs[0].shape.as_list()
+        inner = a[0] if op.get_attr("transpose_a") else a[1]
+        return _elements(op.outputs[0].shape) * inner
+    if kind in ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"):
+        a = op.inputs[0].shape.as_list()
+        inner = a[-2] if op.get_attr("adj_x") else a[-1]
+        return _elements(op.outputs[0].shape) * inner
+    if kind in _ELEMENTWISE:
+        return _elements(op.outputs[0].shape)
+    if kind == "AddN":
+        return _elements(op.outputs[0].shape) * (len(op.inputs) - 1)
+    if kind in _REDUCTIONS:
+        return _elements(op.inputs[0].shape)
+    if kind in _BATCH_NORM:
+        return 2 * _elements(op.outputs[0].shape)
+    return 0
+
+
+# The papers' ResNet-50 figures (SPEC.md), each within its own source: the trainable
+# parameter delta over the plain network, GFLOPs (multiply-adds), top-1 and the
+# baseline's top-1 in the same paper.
+PAPER_RESNET50 = {
+    "se": {"delta": 2_530_992, "gflops": 3.87, "top1": 76.80, "base_top1": 75.89},
+    "srm": {"delta": 60_416, "gflops": 3.88, "top1": 77.13, "base_top1": 75.89},
+    "eca": {"delta": 80, "gflops": 3.86, "top1": 77.48, "base_top1": 75.20},
+    "sa": {"delta": 708, "gflops": 4.12, "top1": 77.72, "base_top1": 76.38},
+    "cbam": {"delta": 2_532_592, "gflops": 4.14, "top1": 77.63, "base_top1": 76.38},
+    "sge": {"delta": 2_048, "gflops": 4.13, "top1": 77.58, "base_top1": 76.38},
+    "triplet": {"delta": 4_800, "gflops": 4.17, "top1": 77.48, "base_top1": None},
+    "gc": {"delta": 2_548_000, "gflops": None, "top1": None, "base_top1": None},
+}
+PAPER_FIGURES = {"resnet50": PAPER_RESNET50}
+
+
+def backbones():
+    """The backbones the table knows, by name: `{name: builder(attention, **kwargs)}`."""
+    # The builder functions shadow their modules' names in `keras_chanattn.models`.
+    from keras_chanattn.models.mobilenet_v2 import mobilenet_v2
+    from keras_chanattn.models.resnet import IMAGENET_DEPTHS, cifar_resnet, resnet
+
+    table = {}
+    for depth in IMAGENET_DEPTHS:
+        table[f"resnet{depth}"] = _bind(resnet, depth)
+    for depth in (20, 32, 44, 56, 110, 164):
+        table[f"resnet{depth}"] = _bind(cifar_resnet, depth)
+    table["mobilenet_v2"] = mobilenet_v2
+    return table
+
+
+def _bind(builder, depth):
+    def build(attention=None, **kwargs):
+        return builder(depth, attention, **kwargs)
+
+    return build
+
+
+def paper_settings(backbone, block):
+    """Builder arguments that reproduce a paper's configuration (ECA's official kernels)."""
+    from keras_chanattn.models.resnet import ECA_RESNET50_KERNELS
+
+    if backbone == "resnet50" and block == "eca":
+        return {"stage_kwargs": ECA_RESNET50_KERNELS}
+    return {}
+
+
+def complexity_rows(backbone="resnet50", blocks=None, flops=True, **builder_kwargs):
+    """Params, trainable params, delta over the plain backbone and FLOPs, one row per block.
+
+    Args:
+        backbone: a name from `backbones()`, e.g. `"resnet50"`.
+        blocks: registered block names; `None` for all of them.
+        flops: count FLOPs too (a few seconds per deep model).
+        **builder_kwargs: passed to the builder (e.g. `input_shape`, `alpha`).
+
+    Returns:
+        A list of dicts with keys `block`, `params`, `trainable`, `delta` (trainable),
+        `delta_all`, `gflops`,
+        `error` and the paper's `paper_delta`, `paper_gflops`, `paper_top1`,
+        `paper_base_top1` (None where the paper gives none). The first row is the plain
+        backbone (`block` "none"). A block that cannot be built on this backbone with its
+        defaults gets a row with `error` set.
+    """
+    table = backbones()
+    if backbone not in table:
+        raise ValueError(f"Unknown backbone {backbone!r}; known: {', '.join(table)}.")
+    build = table[backbone]
+    names = list_attention() if blocks is None else list(blocks)
+    unknown = sorted(set(names) - set(list_attention()))
+    if unknown:
+        raise ValueError(f"Unknown blocks {unknown}; registered: {', '.join(list_attention())}.")
+    papers = PAPER_FIGURES.get(backbone, {})
+    builder_kwargs.setdefault("include_top", True)
+
+    def row(block, model=None, error=None):
+        paper = papers.get(block, {})
+        total, trainable = count_params(model) if model is not None else (None, None)
+        return {
+            "block": block,
+            "params": total,
+            "trainable": trainable,
+            "delta": None,
+            "delta_all": None,
+            "gflops": count_flops(model) / 1e9 if flops and model is not None else None,
+            "error": error,
+            "paper_delta": paper.get("delta"),
+            "paper_gflops": paper.get("gflops"),
+            "paper_top1": paper.get("top1"),
+            "paper_base_top1": paper.get("base_top1"),
+        }
+
+    plain = row("none", build(None, **builder_kwargs))
+    rows = [plain]
+    for block in names:
+        keras.backend.clear_session()
+        kwargs = dict(builder_kwargs, **paper_settings(backbone, block))
+        try:
+            model = build(block, **kwargs)
+        except ValueError as error:
+            rows.append(row(block, error=str(error)))
+            continue
+        rows.append(row(block, model))
+        rows[-1]["delta"] = rows[-1]["trainable"] - plain["trainable"]
+        rows[-1]["delta_all"] = rows[-1]["params"] - plain["params"]
+    return rows
+
+
+def format_rows(rows, backbone):
+    """The rows of `complexity_rows` as a fixed-width text table."""
+
+    def num(value, fmt="{:,}"):
+        return "-" if value is None else fmt.format(value)
+
+    header = (
+        f"{'block':<18}{'params':>12}{'trainable':>12}{'delta':>12}{'delta all':>12}"
+        f"{'paper delta':>13}{'GFLOPs':>8}{'paper':>7}{'paper top-1':>16}"
+    )
+    lines = [f"{backbone}: parameters and FLOPs per attention block", header, "-" * len(header)]
+    for row in rows:
+        if row["error"]:
+            reason = row["error"].split(": ", 1)[-1].split(". ")[0]
+            lines.append(f"{row['block']:<18}cannot build with its defaults: {reason}.")
+            continue
+        top1 = num(row["paper_top1"], "{:.2f}")
+        if row["paper_base_top1"] is not None:
+            top1 += f" ({row['paper_base_top1']:.2f})"
+        lines.append(
+            f"{row['block']:<18}{num(row['params']):>12}{num(row['trainable']):>12}"
+            f"{num(row['delta'], '{:+,}'):>12}{num(row['delta_all'], '{:+,}'):>12}"
+            f"{num(row['paper_delta'], '{:+,}'):>13}{num(row['gflops'], '{:.3f}'):>8}"
+            f"{num(row['paper_gflops'], '{:.2f}'):>7}{top1:>16}"
+        )
+    lines += [
+        "",
+        "delta: trainable parameters over the plain network (delta all: with BatchNorm",
+        "statistics and other non-trainable weights). GFLOPs: 10^9 multiply-adds at",
+        "batch 1 (convolutions and dense layers, plus every op inside the attention blocks),",
+        "counted from the Keras graph. paper: the figures of SPEC.md, each from its own paper",
+        "(top-1 with that paper's baseline in brackets).",
+    ]
+    if backbone == "resnet50":
+        lines += [
+            "Our ResNet-50 is torchvision's (v1.5: stride in the 3x3 conv, 4.1 GFLOPs plain),",
+            "as the SA, CBAM, SGE and Triplet papers count; the SE, SRM and ECA papers count",
+            "3.86 GFLOPs for the plain ResNet-50 (v1, stride in the first 1x1 conv). ECA uses",
+            "its official checkpoint's kernel sizes 3, 5, 5, 7 per stage.",
+        ]
+    return "\n".join(lines)
