@@ -37,6 +37,54 @@ def _list(args):
     return 0
 
 
+def _split_names(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@command(
+    "params",
+    "Print params, trainable params, delta and FLOPs of a backbone with every block.",
+    [
+        (
+            ("backbone",),
+            {
+                "nargs": "?",
+                "default": "resnet50",
+                "help": "resnet18-152, resnet20-164 (CIFAR) or mobilenet_v2; default resnet50",
+            },
+        ),
+        (
+            ("--blocks",),
+            {
+                "type": _split_names,
+                "default": None,
+                "help": "comma-separated block names (default: every registered block)",
+            },
+        ),
+        (
+            ("--input-size",),
+            {"type": int, "default": None, "help": "square input size (default: the backbone's)"},
+        ),
+        (("--alpha",), {"type": float, "default": None, "help": "mobilenet_v2 width multiplier"}),
+        (("--no-flops",), {"action": "store_true", "help": "skip the FLOPs count (faster)"}),
+    ],
+)
+def _params(args):
+    from keras_chanattn.models.params import backbones, complexity_rows, format_rows
+
+    if args.backbone not in backbones():
+        print(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones())}")
+        return 2
+    kwargs = {}
+    if args.input_size:
+        kwargs["input_shape"] = (args.input_size, args.input_size, 3)
+    if args.alpha is not None:
+        kwargs["alpha"] = args.alpha
+    rows = complexity_rows(args.backbone, args.blocks, flops=not args.no_flops, **kwargs)
+    print(format_rows(rows, args.backbone))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="chanattn", description="Channel attention blocks for Keras 3, for phones."
