@@ -1,6 +1,6 @@
 """keras-chanattn: channel attention blocks for Keras 3 CNNs, built to export to phones."""
 
-from keras_chanattn import layers
+from keras_chanattn import layers, models
 from keras_chanattn.layers import (
     CBAM,
     ChannelAttention,
@@ -21,6 +21,7 @@ from keras_chanattn.layers import (
     create_attention,
     list_attention,
 )
+from keras_chanattn.models import add_attention
 
 __version__ = "0.1.0"
 
@@ -41,7 +42,9 @@ __all__ = [
     "SqueezeExcite",
     "StyleRecalibration",
     "TripletAttention",
+    "add_attention",
     "create_attention",
     "layers",
     "list_attention",
+    "models",
 ]
