@@ -5,6 +5,7 @@ taking the parsed `argparse.Namespace` and returning an exit code.
 """
 
 import argparse
+import os
 import sys
 
 COMMANDS = {}
@@ -83,6 +84,90 @@ def _params(args):
     rows = complexity_rows(args.backbone, args.blocks, flops=not args.no_flops, **kwargs)
     print(format_rows(rows, args.backbone))
     return 0
+
+
+def _load_images(path):
+    """Images from a `.npy` file, or a `.npz` file's `images` or `x` array (else its first)."""
+    import numpy as np
+
+    data = np.load(path)
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        for key in ("images", "x", *data.files[:1]):
+            if key in data.files:
+                return data[key]
+    raise ValueError(f"{path} holds no arrays.")
+
+
+@command(
+    "export",
+    "Export a .keras model to SavedModel and verified TFLite (float32, float16, dynamic, int8).",
+    [
+        (("model",), {"help": "the .keras model file"}),
+        (
+            ("--format",),
+            {
+                "dest": "formats",
+                "action": "append",
+                "help": "savedmodel, float32, float16, dynamic, int8 or all; repeat or "
+                "comma-separate (default: all)",
+            },
+        ),  # fmt: skip
+        (("--out",), {"dest": "out_dir", "required": True, "help": "output directory"}),
+        (("--overwrite",), {"action": "store_true", "help": "replace existing artefacts"}),
+        (
+            ("--data",),
+            {
+                "default": None,
+                "help": "a package data source (digits, tfds:<name>, an image folder): "
+                "its train split calibrates int8, its validation split verifies",
+            },
+        ),  # fmt: skip
+        (("--calibration",), {"default": None, "help": ".npy/.npz calibration images (int8)"}),
+        (("--validation",), {"default": None, "help": ".npy/.npz held-out images to verify on"}),
+        (("--image-size",), {"type": int, "nargs": 2, "default": None, "metavar": ("H", "W")}),
+        (("--batch-size",), {"default": "1", "help": "SavedModel batch: an integer or 'dynamic'"}),
+        (("--num-calibration",), {"type": int, "default": 200, "help": "calibration images"}),
+        (("--threads",), {"type": int, "default": 2, "help": "verification interpreter threads"}),
+        (
+            ("--no-enforce",),
+            {"action": "store_true", "help": "write artefacts even when verification fails"},
+        ),  # fmt: skip
+    ],
+)
+def _export(args):
+    import keras
+
+    import keras_chanattn  # noqa: F401  (registers the layers for loading)
+    from keras_chanattn.export.artifacts import FORMATS, export_artifacts
+    from keras_chanattn.export.inputs import image_input_spec
+
+    formats = [f.strip() for text in args.formats or ["all"] for f in text.split(",") if f.strip()]
+    formats = list(FORMATS) if "all" in formats else formats
+    batch_size = None if args.batch_size == "dynamic" else int(args.batch_size)
+    model = keras.saving.load_model(args.model)
+    calibration = _load_images(args.calibration) if args.calibration else None
+    validation = _load_images(args.validation) if args.validation else None
+    if args.data:
+        from keras_chanattn.data import load_data
+
+        spec = image_input_spec(model, args.image_size)
+        data = load_data(args.data, (spec.height, spec.width), spec.channels)
+        calibration = data.train if calibration is None else calibration
+        validation = data.validation if validation is None else validation
+    stem = os.path.splitext(os.path.basename(args.model))[0]
+    try:
+        reports = export_artifacts(
+            model, args.out_dir, formats, calibration, validation, stem=stem,
+            overwrite=args.overwrite, image_size=args.image_size, batch_size=batch_size,
+            num_calibration_samples=args.num_calibration, enforce=not args.no_enforce,
+            num_threads=args.threads,
+        )  # fmt: skip
+    except (FileExistsError, ValueError) as error:
+        print(f"chanattn export: {error}", file=sys.stderr)
+        return 2
+    return 0 if all(r is not None and r.passed for r in reports.values()) else 1
 
 
 def build_parser():

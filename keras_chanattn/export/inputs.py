@@ -63,8 +63,8 @@ def image_input_spec(model, image_size=None, require_static=True):
         inputs = None
     if not inputs:
         raise ValueError(
-            f"Model {model.name!r} has no defined input. Build it as a functional model on "
-            "keras.Input((height, width, channels)), or call it once on such an input."
+            f"Model {model.name!r} ({type(model).__name__}) has no defined input. Export needs "
+            "a functional or sequential model built on keras.Input((height, width, channels))."
         )
     if len(inputs) != 1:
         raise ValueError(

@@ -16,6 +16,7 @@ Formats:
   that layer only (the converter's node deny-list), with DEQUANTIZE / QUANTIZE around them.
 """
 
+import re
 import tempfile
 
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
@@ -89,11 +90,15 @@ def _convert(export_model, spec, quantization, calibration, float_allowlist):
                     ),
                 )
         except Exception as error:  # the converter raises several unrelated types
-            message = " ".join(str(error).split())[:2000]
+            found = re.search(r"(?:TF Select|Custom) ops: ([^\n]+)", str(error))
+            if found:
+                message = f"ops with no TFLite builtin: {found.group(1).strip()}"
+            else:
+                message = " ".join(str(error).split())[:2000]
             raise ConversionError(
                 f"Converting model {export_model.name!r} to TFLite ({quantization}) failed: "
-                f"{message}. Export allows TFLite builtin ops only; an op without a builtin "
-                "(or without an int8 kernel, in int8) needs another formulation."
+                f"{message}. Export allows TFLite builtin ops only (no Flex ops); such an op "
+                "(or one without an int8 kernel, in int8) needs another formulation."
             ) from error
     return result
 
