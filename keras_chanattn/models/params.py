@@ -121,7 +121,13 @@ def _traced_flops(layer, node, cache):
     key = (type(layer).__name__, repr(_config_without_name(layer)), repr(structure))
     if key not in cache:
         kwargs = {"training": False} if getattr(layer, "_call_has_training_arg", False) else {}
-        function = tf.function(lambda *args: layer(*args, **kwargs))
+
+        def call(*args):
+            # An outer scope: a layer name such as "_gate" is no valid root scope name.
+            with tf.name_scope("flops"):
+                return layer(*args, **kwargs)
+
+        function = tf.function(call)
         graph = function.get_concrete_function(*structure).graph
         cache[key] = sum(_op_flops(op) for op in graph.get_operations())
     return cache[key]
