@@ -352,6 +352,9 @@ def test_block_that_cannot_take_a_site_names_it_and_the_fix():
         models.resnet(18, "sa", input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="stage1_block1_attention.*16 channels"):
         models.mobilenet_v2("sge", alpha=0.35, input_shape=(32, 32, 3))
+    # GE's parametric gather needs the spatial size: no silent fallback at unknown sizes.
+    with pytest.raises(ValueError, match="stage2_block1_attention.*known height and width"):
+        models.resnet(18, "ge", parametric=True, input_shape=(None, None, 3))
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,16 @@ def test_select_and_site_kwargs(resnet50):
     assert {b.groups for b in attention_layers(model)} == {32, 64}
 
 
+@pytest.mark.slow
+def test_resnet101_delta_equals_the_builders():
+    base = keras.applications.ResNet101(weights=None, input_shape=(32, 32, 3))
+    inserted = trainable_count(keras_chanattn.add_attention(base, "srm")) - trainable_count(base)
+    keras.backend.clear_session()
+    plain = trainable_count(models.resnet101(include_top=False))
+    assert inserted == trainable_count(models.srm_resnet101(include_top=False)) - plain
+    assert inserted == 4 * (256 * 3 + 512 * 4 + 1024 * 23 + 2048 * 3)
+
+
 def test_resnet50v2_and_mobilenetv2():
     x = random_images((32, 32, 3))
     v2 = keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3))
