@@ -187,6 +187,24 @@ def test_saved_model_reloads_and_matches_keras(name, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * _scale(want))
 
 
+def test_saved_model_with_dynamic_batch_and_image_size(tmp_path):
+    model = plain_model()
+    report = export_saved_model(model, tmp_path / "dynamic", batch_size=None)
+    assert report.passed and report.input_shape == [None, SIZE, SIZE, 3]
+    signature = tf.saved_model.load(str(tmp_path / "dynamic")).signatures["serving_default"]
+    images = held_out_images()[:3]
+    want = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(signature(images=images)["output_0"], want, atol=1e-5 * _scale(want))
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    any_size = keras.Model(inputs, keras.layers.Dense(3)(x))
+    report = export_saved_model(any_size, tmp_path / "any_size")
+    assert report.passed and report.input_shape == [1, None, None, 3]
+    signature = tf.saved_model.load(str(tmp_path / "any_size")).signatures["serving_default"]
+    assert signature(images=np.zeros((1, 24, 20, 3), "float32"))["output_0"].shape == (1, 3)
+
+
 @pytest.mark.parametrize("name", BLOCKS)
 def test_inference_model_keeps_outputs(name):
     model = trained(name)

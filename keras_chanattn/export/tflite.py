@@ -33,6 +33,7 @@ from keras_chanattn.export.verify import (
     SYNTHETIC_SAMPLES,
     attribute_layer,
     check_quantization,
+    resolve_thresholds,
     run_verification,
 )
 
@@ -210,6 +211,7 @@ def export_tflite(
     >>> print(report.summary())
     """
     check_quantization(quantization)
+    thresholds = resolve_thresholds(quantization, thresholds)
     path = check_output_path(path, overwrite, "file")
     if report_path is not None:
         report_path = check_output_path(report_path, overwrite, "file")

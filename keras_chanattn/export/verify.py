@@ -511,7 +511,8 @@ def _check_metrics(failures, label, metrics, max_rel, min_top1, max_abs=None):
             )
 
 
-def _resolve_thresholds(quantization, thresholds):
+def resolve_thresholds(quantization, thresholds):
+    """`thresholds` (None, a dict of fields, or a `VerificationThresholds`) made complete."""
     if thresholds is None:
         return DEFAULT_THRESHOLDS[quantization]
     if isinstance(thresholds, VerificationThresholds):
@@ -546,7 +547,7 @@ def run_verification(
 ):
     """The checks behind `verify_tflite`, on prepared inputs; returns the report (never raises
     `ExportVerificationError`)."""
-    thresholds = _resolve_thresholds(quantization, thresholds)
+    thresholds = resolve_thresholds(quantization, thresholds)
     report = VerificationReport(
         quantization=quantization,
         model_name=model.name,
@@ -721,6 +722,7 @@ def verify_tflite(
     (0.996, 1)
     """
     check_quantization(quantization)
+    thresholds = resolve_thresholds(quantization, thresholds)
     spec = image_input_spec(model, image_size)
     path = None
     if isinstance(tflite, (str, os.PathLike)):
