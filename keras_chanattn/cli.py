@@ -5,6 +5,7 @@ taking the parsed `argparse.Namespace` and returning an exit code.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -35,6 +36,150 @@ def _list(args):
         cls = get_attention_class(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<20} {cls.__name__:<28} {summary}")
+    return 0
+
+
+def _csv(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@command(
+    "run",
+    "The main job: fine-tune the plain backbone and each block, export, verify, report.",
+    [
+        (
+            ("--config",),
+            {
+                "default": None,
+                "help": "JSON config (default: built-in defaults, "
+                "the same as export/pipeline.json)",
+            },
+        ),  # fmt: skip
+        (("--blocks",), {"type": _csv, "default": None, "help": "comma-separated block names"}),
+        (("--no-plain",), {"action": "store_true", "help": "skip the plain backbone"}),
+        (("--backbone",), {"default": None, "help": "cifar_resnet, mobilenet_v2 or resnet"}),
+        (("--data",), {"default": None, "help": "digits, tfds:<name> or an image folder"}),
+        (("--image-size",), {"type": int, "default": None}),
+        (("--epochs",), {"type": int, "default": None}),
+        (("--out",), {"dest": "out_dir", "default": None, "help": "runs folder"}),
+        (("--name",), {"dest": "run_name", "default": None, "help": "the run's folder name"}),
+        (("--overwrite",), {"action": "store_true", "help": "replace a run of the same name"}),
+        (("--quiet",), {"action": "store_true", "help": "no progress bars"}),
+    ],
+)
+def _run(args):
+    from keras_chanattn.pipeline import PipelineConfig, run_pipeline
+
+    overrides = {
+        "blocks": args.blocks,
+        "backbone": args.backbone,
+        "data": args.data,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "out_dir": args.out_dir,
+        "run_name": args.run_name,
+        "include_plain": False if args.no_plain else None,
+        "overwrite": True if args.overwrite else None,
+    }
+    if args.config:
+        config = PipelineConfig.from_file(args.config, **overrides)
+    else:
+        config = PipelineConfig(**{k: v for k, v in overrides.items() if v is not None})
+    rows, _ = run_pipeline(config, verbose=0 if args.quiet else 1)
+    return 1 if any(row.get("failures") for row in rows) else 0
+
+
+@command(
+    "train",
+    "Fine-tune one backbone with one block (or none) on a data source.",
+    [
+        (
+            ("--backbone",),
+            {"default": "cifar_resnet", "help": "cifar_resnet, mobilenet_v2 or resnet"},
+        ),  # fmt: skip
+        (
+            ("--backbone-args",),
+            {
+                "type": json.loads,
+                "default": None,
+                "help": "builder arguments as JSON, e.g. '{\"depth\": 56}'",
+            },
+        ),  # fmt: skip
+        (("--attention",), {"default": None, "help": "block name; omit for the plain network"}),
+        (("--data",), {"default": "digits", "help": "digits, tfds:<name> or an image folder"}),
+        (("--data-dir",), {"default": None, "help": "TFDS data_dir (local, prepared)"}),
+        (("--image-size",), {"type": int, "default": 32}),
+        (("--epochs",), {"type": int, "default": 10}),
+        (("--batch-size",), {"type": int, "default": 64}),
+        (("--optimizer",), {"default": "adamw", "choices": ["sgd", "adamw"]}),
+        (("--learning-rate",), {"type": float, "default": 2e-3}),
+        (("--weight-decay",), {"type": float, "default": 0.05}),
+        (("--label-smoothing",), {"type": float, "default": 0.1}),
+        (
+            ("--mixed-precision",),
+            {"default": None, "choices": ["mixed_float16", "mixed_bfloat16"]},
+        ),  # fmt: skip
+        (
+            ("--distribute",),
+            {
+                "default": None,
+                "choices": ["mirrored", "multi-worker"],
+                "help": "tf.distribute strategy (TF_CONFIG for multi-worker)",
+            },
+        ),  # fmt: skip
+        (("--sync-batch-norm",), {"action": "store_true"}),
+        (
+            ("--out",),
+            {
+                "dest": "out_dir",
+                "required": True,
+                "help": "checkpoints, log and the model; rerun to resume",
+            },
+        ),  # fmt: skip
+    ],
+)
+def _train(args):
+    import tensorflow as tf
+
+    from keras_chanattn.data import load_data
+    from keras_chanattn.pipeline import PLAIN, PipelineConfig, build_model
+    from keras_chanattn.train import TrainConfig, fit_classifier
+
+    data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    data = load_data(args.data, args.image_size, **data_kwargs)
+    strategy = None
+    if args.distribute == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    elif args.distribute == "multi-worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        mixed_precision=args.mixed_precision,
+        sync_batch_norm=args.sync_batch_norm,
+        flip=args.data != "digits",
+    )
+    spec = PipelineConfig(backbone=args.backbone, image_size=args.image_size)
+    if args.backbone_args is not None or args.backbone != spec.backbone:
+        spec.backbone_kwargs = args.backbone_args or {}
+    variant = args.attention or PLAIN
+    model, summary = fit_classifier(
+        lambda: build_model(spec, variant, data.num_classes, data.image_shape[-1]),
+        data,
+        config,
+        out_dir=args.out_dir,
+        strategy=strategy,
+    )
+    print(
+        f"{model.name}: validation accuracy {summary['val_accuracy']:.4f}, loss "
+        f"{summary['val_loss']:.4f}, {summary['epochs_run']} epochs run "
+        f"({summary['seconds_per_epoch']:.1f} s each), {summary['replicas']} replica(s); "
+        f"model saved to {args.out_dir}/last.keras"
+    )
     return 0
 
 

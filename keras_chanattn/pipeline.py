@@ -30,7 +30,9 @@ class PipelineConfig:
         backbone: `"cifar_resnet"`, `"mobilenet_v2"` or `"resnet"`. Defaults to
             `"cifar_resnet"`.
         backbone_kwargs: arguments of the backbone builder (e.g. `{"depth": 20}` or
-            `{"alpha": 0.35}`). Defaults to `{"depth": 20}`.
+            `{"alpha": 0.35}`). Defaults to `{"depth": 20, "shortcut": "projection"}`: the
+            parameter-free zero-padding shortcut subsamples with a strided slice, which
+            XNNPACK does not take, splitting the phone graph.
         blocks: attention names to compare (`None`: every registered block). Defaults to
             `None`.
         include_plain: also run the backbone without attention. Defaults to `True`.
@@ -52,11 +54,14 @@ class PipelineConfig:
         run_name: name of the run's folder; `None` for a time stamp. Defaults to `None`.
         overwrite: replace an existing run folder of the same name. Defaults to `False`.
         num_threads: LiteRT threads for verification and latency. Defaults to `2`.
+        calibration_samples: training images calibrating full int8. Defaults to `200`.
         seed: seed of data split, initialisation and shuffling. Defaults to `0`.
     """
 
     backbone: str = "cifar_resnet"
-    backbone_kwargs: dict = dataclasses.field(default_factory=lambda: {"depth": 20})
+    backbone_kwargs: dict = dataclasses.field(
+        default_factory=lambda: {"depth": 20, "shortcut": "projection"}
+    )
     blocks: list | None = None
     include_plain: bool = True
     attention_kwargs: dict = dataclasses.field(
@@ -77,6 +82,7 @@ class PipelineConfig:
     run_name: str | None = None
     overwrite: bool = False
     num_threads: int = 2
+    calibration_samples: int = 200
     seed: int = 0
 
     def __post_init__(self):
@@ -168,6 +174,7 @@ def run_pipeline(config=None, verbose=1, log=print):
         flip=False,
     )
     variants = config.variants()
+    calibration, held_out = _export_images(data, config)
     rows = []
     started = time.perf_counter()
     for i, variant in enumerate(variants, 1):
@@ -181,20 +188,66 @@ def run_pipeline(config=None, verbose=1, log=print):
         model_dir = run_dir / variant
         model_dir.mkdir()
         model.save(model_dir / "model.keras")
-        rows.append(
-            {
-                "variant": variant,
-                "params": int(model.count_params()),
-                "val_accuracy": summary["val_accuracy"],
-                "seconds_per_epoch": summary["seconds_per_epoch"],
-            }
-        )
+        row = {
+            "variant": variant,
+            "params": int(model.count_params()),
+            "val_accuracy": summary["val_accuracy"],
+            "seconds_per_epoch": summary["seconds_per_epoch"],
+        }
+        if config.formats:
+            log(f"[{i}/{len(variants)}] {variant}: exporting {', '.join(config.formats)}")
+            row.update(export_variant(model, model_dir, calibration, held_out, config))
+        rows.append(row)
         keras.backend.clear_session()
     elapsed = time.perf_counter() - started
     write_report(run_dir, config, rows, elapsed)
     log(format_table(rows))
+    failed = [(r["variant"], f) for r in rows for f in r.get("failures", [])]
+    for variant, failure in failed:
+        log(f"VERIFICATION FAILED {variant}: {failure}")
     log(f"Report: {run_dir / 'report.md'} ({elapsed:.0f} s)")
     return rows, run_dir
+
+
+def _export_images(data, config):
+    """Calibration images (from the training split) and held-out images (validation)."""
+    import numpy as np
+
+    if not config.formats:
+        return None, None
+    take = lambda ds, n: np.stack([x for x, _ in ds.take(n).as_numpy_iterator()])  # noqa: E731
+    return take(data.train, config.calibration_samples), take(data.validation, 256)
+
+
+def export_variant(model, model_dir, calibration, held_out, config):
+    """Exports one trained model to SavedModel and each TFLite format, verifying each.
+
+    Verification failures do not stop the run: the file is written, the report JSON beside
+    it lists the failures, and the row carries them (the run's exit code says so).
+    """
+    from keras_chanattn.export import export_saved_model, export_tflite
+
+    export_saved_model(model, model_dir / "saved_model", check_data=held_out[:32])
+    row = {"failures": []}
+    for fmt in config.formats:
+        report = export_tflite(
+            model,
+            model_dir / f"model_{fmt}.tflite",
+            fmt,
+            representative_data=calibration if fmt == "int8" else None,
+            validation_data=held_out,
+            enforce=False,
+            report_path=model_dir / f"model_{fmt}.json",
+            num_threads=config.num_threads,
+            seed=config.seed,
+        )
+        metrics = report.held_out
+        row[f"{fmt}_kb"] = report.size_bytes / 1024
+        row[f"{fmt}_max_abs"] = metrics.max_abs_error
+        row[f"{fmt}_top1"] = metrics.top1_agreement
+        row[f"{fmt}_partitions"] = report.xnnpack_partitions
+        row["failures"] += [f"{fmt}: {failure}" for failure in report.failures]
+    return row
 
 
 COLUMNS = (
@@ -202,6 +255,14 @@ COLUMNS = (
     ("params", "params", "{:,}"),
     ("val_accuracy", "val acc", "{:.4f}"),
     ("seconds_per_epoch", "s/epoch", "{:.1f}"),
+    ("float32_kb", "f32 KiB", "{:.0f}"),
+    ("int8_kb", "int8 KiB", "{:.0f}"),
+    ("float32_max_abs", "f32 err", "{:.1e}"),
+    ("float16_max_abs", "f16 err", "{:.1e}"),
+    ("dynamic_top1", "dyn top-1", "{:.3f}"),
+    ("int8_top1", "int8 top-1", "{:.3f}"),
+    ("int8_partitions", "int8 parts", "{}"),
+    ("failures", "verified", "{}"),
 )
 
 
@@ -213,9 +274,17 @@ def format_table(rows, columns=COLUMNS):
         "|" + "|".join("---" for _ in cols) + "|",
     ]
     for row in rows:
-        cells = [fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in cols]
+        cells = [_cell(row.get(key), fmt) for key, _, fmt in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value, fmt):
+    if value is None:
+        return "-"
+    if isinstance(value, list):  # the failures
+        return "FAILED" if value else "yes"
+    return fmt.format(value)
 
 
 def write_report(run_dir, config, rows, elapsed):
