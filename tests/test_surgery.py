@@ -233,6 +233,8 @@ def test_other_errors(resnet50):
         keras_chanattn.add_attention(resnet50, "se", select="nothing_matches")
     with pytest.raises(ValueError, match="Unknown attention"):
         keras_chanattn.add_attention(resnet50, "nope")
+    with pytest.raises(ValueError, match="needs a block"):
+        keras_chanattn.add_attention(resnet50, None)
     with pytest.raises(ValueError, match="site_kwargs"):
         keras_chanattn.add_attention(resnet50, "se", site_kwargs={"reduction": 4})
     # 256 channels cannot be split into 2 * 48 groups: the first add is named.

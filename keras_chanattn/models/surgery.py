@@ -18,6 +18,7 @@ import numpy as np
 from keras_chanattn.models.placement import (
     AttentionSite,
     apply_attention,
+    attention_label,
     check_attention,
     make_attention,
     resolve_site_kwargs,
@@ -130,6 +131,8 @@ def add_attention(
     >>> base = keras.applications.ResNet50(weights=None)
     >>> model = add_attention(base, "srm", preserve_output=True)
     """
+    if attention is None:
+        raise ValueError("add_attention needs a block: a registered name such as 'se', or a layer.")
     check_attention(attention)
     _check_functional(model)
     if site_kwargs is not None and not callable(site_kwargs):
@@ -227,7 +230,7 @@ def add_attention(
         weights = original.get_weights()
         if weights:
             clone.set_weights(weights)
-    label = getattr(check_attention(attention), "registry_name", "attention")
+    label = attention_label(attention)
     return keras.Model(new_model.input, new_model.output, name=name or f"{model.name}_{label}")
 
 
