@@ -80,23 +80,20 @@ def test_every_spec_block_is_registered():
 def test_resnet50_trainable_delta_matches_spec(block, plain_resnet50):
     if block == "eca":
         model = models.eca_resnet50(include_top=False)
+        kernels = {
+            stage: {
+                layer.effective_kernel_size
+                for layer in attention_layers(model)
+                if layer.name.startswith(f"stage{stage}_")
+            }
+            for stage in IMAGENET_STAGES
+        }
+        assert kernels == {2: {3}, 3: {5}, 4: {5}, 5: {7}}  # the official checkpoint's
     else:
         model = models.resnet(50, block, include_top=False)
+    assert len(attention_layers(model)) == 16
     delta = trainable_count(model) - plain_resnet50[1]
     assert delta == SPEC_RESNET50_DELTAS[block]
-
-
-def test_eca_resnet50_uses_the_official_kernels():
-    model = models.eca_resnet50(include_top=False)
-    kernels = {
-        stage: {
-            layer.effective_kernel_size
-            for layer in attention_layers(model)
-            if layer.name.startswith(f"stage{stage}_")
-        }
-        for stage in IMAGENET_STAGES
-    }
-    assert kernels == {2: {3}, 3: {5}, 4: {5}, 5: {7}}
 
 
 def test_gc_resnet50_total_delta_matches_spec(plain_resnet50):
