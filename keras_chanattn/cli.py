@@ -315,6 +315,142 @@ def _export(args):
     return 0 if all(r is not None and r.passed for r in reports.values()) else 1
 
 
+@command(
+    "bench",
+    "Measure a backbone plain and with each block (or .keras models) side by side: size, "
+    "latency, partitions, fidelity, accuracy per TFLite format.",
+    [
+        (
+            ("backbone",),
+            {
+                "nargs": "?",
+                "default": "resnet20",
+                "help": "resnet18-152, resnet20-164 (CIFAR) or mobilenet_v2; default resnet20",
+            },
+        ),
+        (
+            ("--models",),
+            {
+                "type": _split_names,
+                "default": None,
+                "help": "comma-separated .keras files to compare instead of a backbone",
+            },
+        ),  # fmt: skip
+        (("--blocks",), {"type": _split_names, "default": None, "help": "default: all blocks"}),
+        (("--no-plain",), {"action": "store_true", "help": "skip the backbone without attention"}),
+        (
+            ("--backbone-args",),
+            {"type": json.loads, "default": None, "help": "builder arguments as JSON"},
+        ),  # fmt: skip
+        (
+            ("--attention-args",),
+            {
+                "type": json.loads,
+                "default": None,
+                "help": 'per-block arguments as JSON, e.g. {"sa": {"groups": 8}}',
+            },
+        ),  # fmt: skip
+        (("--image-size",), {"type": int, "default": None, "help": "default: the backbone's"}),
+        (
+            ("--formats",),
+            {"type": _split_names, "default": None, "help": "default: all four TFLite formats"},
+        ),  # fmt: skip
+        (
+            ("--data",),
+            {
+                "default": "digits",
+                "help": "digits, tfds:<name>, an image folder, or none (synthetic images, no "
+                "accuracy): train split calibrates int8, validation split verifies and scores",
+            },
+        ),  # fmt: skip
+        (("--calibration",), {"type": int, "default": 200, "help": "calibration images"}),
+        (("--max-samples",), {"type": int, "default": 256, "help": "held-out images"}),
+        (("--threads",), {"type": int, "default": 2, "help": "LiteRT threads"}),
+        (("--warmup",), {"type": int, "default": 5, "help": "untimed rounds"}),
+        (("--runs",), {"type": int, "default": 30, "help": "timed rounds"}),
+        (
+            ("--baseline",),
+            {
+                "type": _split_names,
+                "default": None,
+                "help": "model(s) latency ratios are taken against (default: plain)",
+            },
+        ),  # fmt: skip
+        (("--out",), {"dest": "out_dir", "required": True, "help": "output directory"}),
+        (("--overwrite",), {"action": "store_true", "help": "replace existing reports"}),
+        (("--no-plots",), {"action": "store_true", "help": "skip the PNG plots"}),
+        (("--no-flops",), {"action": "store_true", "help": "skip the FLOPs count"}),
+        (("--seed",), {"type": int, "default": 0}),
+        (("--quiet",), {"action": "store_true", "help": "no progress bar or table"}),
+    ],
+)
+def _bench(args):
+    from keras_chanattn.bench import backbone_models, bench
+    from keras_chanattn.export.inputs import image_input_spec, synthetic_images
+    from keras_chanattn.export.verify import QUANTIZATIONS
+    from keras_chanattn.models.params import backbones
+
+    skipped = {}
+    try:
+        if args.models:
+            import keras
+
+            import keras_chanattn  # noqa: F401  (registers the layers for loading)
+
+            models = {
+                os.path.splitext(os.path.basename(p))[0]: keras.saving.load_model(p)
+                for p in args.models
+            }
+            spec = image_input_spec(next(iter(models.values())))
+            size = (spec.height, spec.width)
+        else:
+            if args.backbone not in backbones():
+                raise ValueError(
+                    f"Unknown backbone {args.backbone!r}; known: {', '.join(backbones())}."
+                )
+            builder_kwargs = dict(args.backbone_args or {})
+            if args.image_size:
+                builder_kwargs["input_shape"] = (args.image_size, args.image_size, 3)
+            else:  # the builder's default size
+                plain = backbones()[args.backbone](None, **builder_kwargs)
+                builder_kwargs["input_shape"] = tuple(plain.input_shape[1:])
+            size = builder_kwargs["input_shape"][:2]
+        data = None
+        if args.data != "none":
+            from keras_chanattn.data import load_data
+
+            data = load_data(args.data, size, seed=args.seed)
+        if not args.models:
+            if data is not None:
+                builder_kwargs["num_classes"] = data.num_classes
+            builder_kwargs.setdefault("classifier_activation", None)
+            models, skipped = backbone_models(
+                args.backbone, args.blocks, include_plain=not args.no_plain,
+                attention_kwargs=args.attention_args, **builder_kwargs,
+            )  # fmt: skip
+        for block, reason in skipped.items():
+            print(f"chanattn bench: skipping {block}: {reason}", file=sys.stderr)
+        if data is not None:
+            calibration, validation = data.train, data.validation
+        else:
+            spec = image_input_spec(next(iter(models.values())))
+            calibration = synthetic_images(spec, args.calibration, seed=args.seed)
+            validation = None
+            print("chanattn bench: --data none: int8 calibrated on synthetic images.")
+        result = bench(
+            models, args.out_dir, formats=args.formats or QUANTIZATIONS, baseline=args.baseline,
+            representative_data=calibration, validation_data=validation,
+            num_threads=args.threads, warmup=args.warmup, runs=args.runs,
+            max_samples=args.max_samples, num_calibration_samples=args.calibration,
+            flops=not args.no_flops, plots=not args.no_plots, overwrite=args.overwrite,
+            seed=args.seed, verbose=0 if args.quiet else 1, skipped=skipped,
+        )  # fmt: skip
+    except (FileExistsError, ValueError) as error:
+        print(f"chanattn bench: {error}", file=sys.stderr)
+        return 2
+    return 0 if all(row["verified"] for row in result.rows) else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="chanattn", description="Channel attention blocks for Keras 3, for phones."
