@@ -61,6 +61,10 @@ def _csv(text):
         (("--data",), {"default": None, "help": "digits, tfds:<name> or an image folder"}),
         (("--image-size",), {"type": int, "default": None}),
         (("--epochs",), {"type": int, "default": None}),
+        (
+            ("--formats",),
+            {"type": _csv, "default": None, "help": "TFLite formats, comma-separated, or none"},
+        ),
         (("--out",), {"dest": "out_dir", "default": None, "help": "runs folder"}),
         (("--name",), {"dest": "run_name", "default": None, "help": "the run's folder name"}),
         (("--overwrite",), {"action": "store_true", "help": "replace a run of the same name"}),
@@ -76,6 +80,7 @@ def _run(args):
         "data": args.data,
         "image_size": args.image_size,
         "epochs": args.epochs,
+        "formats": [] if args.formats == ["none"] else args.formats,
         "out_dir": args.out_dir,
         "run_name": args.run_name,
         "include_plain": False if args.no_plain else None,

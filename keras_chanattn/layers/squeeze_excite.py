@@ -41,7 +41,11 @@ class SqueezeExcite(AttentionLayer):
 
     Args:
         reduction: reduction ratio `r` of the bottleneck. Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`: narrower bottlenecks
+            (`C / r` below 8, e.g. 1 unit on a 16-channel layer) carry little and, when
+            their few ReLU units stay inactive, give full-int8 TFLite a zero-range tensor
+            that XNNPACK refuses. Sites with `C / r >= 8` (all of ResNet-50's) are exactly
+            the paper's `C / r`; pass `min_channels=1` for `C / r` everywhere.
         divisor: if set, round the bottleneck width to a multiple of this (MobileNetV3
             uses 8). Defaults to `None` (no rounding, as in the paper).
         pooling: squeeze operator, `"avg"` or `"max"`. Defaults to `"avg"`.
@@ -65,7 +69,7 @@ class SqueezeExcite(AttentionLayer):
     def __init__(
         self,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         pooling="avg",
         activation="relu",
