@@ -261,10 +261,10 @@ def test_3x3_position_is_after_the_spatial_conv(block):
 def test_3x3_position_costs_fewer_parameters_on_bottlenecks(plain_resnet50):
     se_3x3 = models.resnet(50, "se", position="3x3", include_top=False)
     delta = trainable_count(se_3x3) - plain_resnet50[1]
-    # The SE blocks see the bottleneck width (C / 4): sum over the 16 blocks of
-    # 2 * (C/4)^2 / 16 + C/4 / 16 + C/4.
+    # The SE blocks see the bottleneck width w = C / 4, with a hidden layer of
+    # max(8, w / 16) units (SE's min_channels): 2 * w * h + h + w per block.
     widths = [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
-    assert delta == sum(2 * w * (w // 16) + w // 16 + w for w in widths)
+    assert delta == sum(2 * w * max(8, w // 16) + max(8, w // 16) + w for w in widths)
 
 
 def test_mobilenet_v2_positions():
