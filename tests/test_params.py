@@ -52,7 +52,7 @@ def test_custom_layers_are_traced_and_counted():
 
 def test_se_block_costs_at_least_its_fcs_pooling_and_scaling():
     inputs = keras.Input((7, 7, 64))
-    model = keras.Model(inputs, SqueezeExcite(reduction=16)(inputs))
+    model = keras.Model(inputs, SqueezeExcite(reduction=16, min_channels=1)(inputs))
     lower = 2 * 64 * 4 + 2 * 7 * 7 * 64  # two FCs, the pooling and the rescaling
     # Biases, ReLU and sigmoid add at most one op per FC output.
     assert lower <= count_flops(model) <= lower + 4 + 4 + 64 + 64
@@ -86,8 +86,9 @@ def test_params_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "269,722" in lines["none"]
-    # SE r = 16 on 16, 32, 64 channels, 3 blocks each: 3 * (49 + 162 + 580).
-    assert "+2,373" in lines["se"]
+    # SE r = 16 on 16, 32, 64 channels, 3 blocks each; hidden max(8, C / 16) units
+    # (SE's min_channels default): 3 * (280 + 552 + 1096).
+    assert "+5,784" in lines["se"]
     assert "cannot build with its defaults" in lines["sa"]
     assert cli.main(["params", "resnet7"]) == 2
 

@@ -189,7 +189,7 @@ def test_nested_backbone_and_ops_add():
     y = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     y = keras.layers.BatchNormalization()(y)
     toy = keras.Model(inputs, inputs + y)
-    model = keras_chanattn.add_attention(toy, "se", reduction=2)
+    model = keras_chanattn.add_attention(toy, "se", reduction=2, min_channels=1)
     assert len(attention_layers(model)) == 1
     assert trainable_count(model) - trainable_count(toy) == 2 * 4 * 2 + 2 + 4
 

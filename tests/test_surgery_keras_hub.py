@@ -78,7 +78,7 @@ def test_keras_hub_mobilenet_blocks_are_unrolled(tmp_path):
         "block_1_1_bn3"
     )
 
-    plain = keras_chanattn.add_attention(backbone, "se", reduction=4)
+    plain = keras_chanattn.add_attention(backbone, "se", reduction=4, min_channels=1)
     # SE on 16, 24, 32 channels with r = 4: 2 * C * C/4 + C/4 + C each.
     assert trainable_count(plain) - trainable_count(backbone) == sum(
         2 * c * (c // 4) + c // 4 + c for c in (16, 24, 32)
