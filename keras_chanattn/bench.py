@@ -534,6 +534,7 @@ def bench(
     >>> print(result.table())
     """
     from keras_chanattn.export.artifacts import artifact_paths
+    from keras_chanattn.export.saved_model import keras_outputs
     from keras_chanattn.export.tflite import export_tflite
     from keras_chanattn.export.verify import run_tflite
     from keras_chanattn.models.params import count_flops, count_params
@@ -619,7 +620,7 @@ def bench(
     if has_labels:
         for label, model in models.items():
             progress.step(f"accuracy {label} keras", 0)
-            top1 = _top1(model.predict(held_out[label], batch_size=32, verbose=0))
+            top1 = _top1(keras_outputs(model, held_out[label]))
             if top1 is not None:
                 keras_accuracy[label] = float(np.mean(top1 == labels[label]))
             progress.step(f"accuracy {label} keras")
@@ -914,7 +915,7 @@ def plot_cost_vs_fidelity(result):
         axes.scatter(x, y, color=f"C{k}")
         for r, xi, yi in zip(rows, x, y, strict=True):
             axes.annotate(r["model"], (xi, yi), textcoords="offset points", xytext=(3, 3))
-        if not use_accuracy and y and min(y) > 0:
+        if not use_accuracy and y and min(y) > 0 and max(y) > 10 * min(y):
             axes.set_yscale("log")
         axes.set_xlabel("median latency (ms)")
         axes.set_ylabel(

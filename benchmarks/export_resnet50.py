@@ -1,0 +1,279 @@
+"""Benchmark (issue 6's performance goals): ResNet-50 in full int8 on LiteRT + XNNPACK, per block.
+
+Builds ResNet-50 (torchvision's v1.5, 1000-class logits) at batch 1 three ways and exports
+each to full int8 TFLite (int8 input and output) through `keras_chanattn.export`:
+
+- `plain`: no attention;
+- `floor`: the parameter-free gate `x * sigmoid(GAP(x))` in the same places as the blocks
+  (end of every bottleneck's residual branch). It is the registry's `ge` (Gather-Excite)
+  with its defaults, global extent, no parameters, no MLP, sigmoid gate, built here with
+  those arguments spelled out; it is the least any channel gate pays: one pooling pass and
+  one scaling pass;
+- one model per registered block (or `--blocks`), with the papers' settings where the
+  package knows them (ECA's kernel sizes 3, 5, 5, 7 per stage).
+
+All models are timed in ONE interleaved run (`keras_chanattn.bench`: every round invokes
+each model once in a shuffled order, `--threads` threads, XNNPACK), so that the ratios to
+the floor and to the plain network are comparable. Per model it prints: latency median and
+p90, the ratios, the XNNPACK partitions, the ops left outside XNNPACK, the float ops kept
+in the int8 graph, the .tflite size, and the top-1 agreement of the int8 model with the
+float Keras model on held-out images, with the out-of-distribution probes' figures beside
+it; then the issue's goals, met or not.
+
+Data: int8 is calibrated on `--calibration` real images and verified on `--held-out` other
+ones: scikit-learn's embedded handwritten digits (8x8 grey scans upsampled bilinearly to the
+input size, grey repeated to RGB), or smooth synthetic images with `--synthetic`.
+
+What the agreement measures: the int8 .tflite against the float Keras model with the SAME
+weights, on the same held-out images. Without `--fine-tune-epochs` those weights are the
+builders' random initialisation (BatchNorm at its identity statistics), so the figure shows
+the quantisation's fidelity on an untrained network, whose logits vary little from image
+to image; the "classes" column (how many distinct top-1 classes the float model predicts
+on the held-out images) says how much room for disagreement there was. The issue's >= 99%
+is meant after a short fine-tune: `--fine-tune-epochs N` fine-tunes every model (10-class
+head) on the digits' training split first (hours per model at 224x224 on a 2-core CPU).
+
+Not a test: the full run takes tens of minutes. From the repository root:
+
+    python benchmarks/export_resnet50.py                      # 224x224, every block
+    python benchmarks/export_resnet50.py --image-size 64 --blocks se,srm --runs 5   # quick
+"""
+
+import argparse
+import collections
+import datetime
+import os
+import sys
+import time
+
+import numpy as np
+
+FLOOR = "floor"
+PLAIN = "plain"
+# The floor gate: Gather-Excite's parameter-free global variant.
+FLOOR_GATE = {"extent": None, "parametric": False, "use_mlp": False, "gate_activation": "sigmoid"}
+# Issue 6: the largest latency ratio to the floor allowed per block (others: reported).
+GOALS = {"se": 1.03, "eca": 1.03, "ge": 1.03, "srm": 1.10}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", default=None, help="comma-separated; default: all")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads")
+    parser.add_argument("--runs", type=int, default=50, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds")
+    parser.add_argument("--calibration", type=int, default=100, help="calibration images")
+    parser.add_argument("--held-out", type=int, default=100, help="held-out images")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic images, not digits")
+    parser.add_argument(
+        "--fine-tune-epochs", type=int, default=0, help="fine-tune each model on digits first"
+    )
+    parser.add_argument("--out", default=None, help="default: export/bench-resnet50-<time>")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def images(args):
+    """`(calibration, held_out, description)` at the input size."""
+    size = args.image_size
+    if not args.synthetic:
+        from keras_chanattn.data import load_digits_images
+
+        (x_train, _), (x_test, _) = load_digits_images(size, 3, seed=args.seed)
+        how = (
+            f"{args.calibration} calibration and {args.held_out} held-out real images: "
+            f"scikit-learn's handwritten digits, 8x8 grey scans upsampled to {size}x{size}, "
+            "grey repeated to RGB"
+        )
+        return x_train[: args.calibration], x_test[: args.held_out], how
+    from keras_chanattn.export.inputs import ImageSpec, synthetic_images
+
+    spec = ImageSpec(size, size, 3, "float32")
+    calibration = synthetic_images(spec, args.calibration, seed=args.seed)
+    held_out = synthetic_images(spec, args.held_out, seed=args.seed + 1)
+    how = (
+        f"{args.calibration} calibration and {args.held_out} held-out SYNTHETIC images "
+        "(smooth random noise in [0, 1])"
+    )
+    return calibration, held_out, how
+
+
+def build_models(args, blocks):
+    from keras_chanattn.bench import backbone_models
+    from keras_chanattn.layers import GatherExcite
+    from keras_chanattn.models import resnet
+
+    defaults = GatherExcite().get_config()
+    if any(defaults[k] != v for k, v in FLOOR_GATE.items()):
+        print(f"note: GE's defaults are no longer the floor gate; building it with {FLOOR_GATE}")
+    kwargs = {
+        "input_shape": (args.image_size, args.image_size, 3),
+        "num_classes": 10 if args.fine_tune_epochs else 1000,
+        "classifier_activation": None,
+    }
+    models, skipped = backbone_models("resnet50", blocks, **kwargs)
+    floor = resnet(50, "ge", name="floor_resnet50", **FLOOR_GATE, **kwargs)
+    ordered = {PLAIN: models.pop(PLAIN), FLOOR: floor, **models}
+    return ordered, skipped
+
+
+def fine_tune(models, args):
+    from keras_chanattn.data import digits_data
+    from keras_chanattn.train import TrainConfig, fit_classifier
+
+    data = digits_data(args.image_size, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.fine_tune_epochs,
+        batch_size=32,
+        optimizer="adamw",
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        seed=args.seed,
+    )
+    for label, model in models.items():
+        print(f"fine-tuning {label} for {args.fine_tune_epochs} epoch(s)")
+        models[label], summary = fit_classifier(lambda m=model: m, data, config, verbose=0)
+        print(f"  validation accuracy {summary['val_accuracy']:.4f}")
+
+
+def distinct_classes(models, held_out):
+    """How many different top-1 classes each float model predicts on the held-out images."""
+    from keras_chanattn.export.saved_model import keras_outputs
+
+    return {
+        label: len(np.unique(np.argmax(keras_outputs(model, held_out, 16)[0], 1)))
+        for label, model in models.items()
+    }
+
+
+def op_summary(entries):
+    """`["SQRT (stage2_block1_attention)", ...]` -> `"SQRT x16, ADD x16"`."""
+    counts = collections.Counter(entry.split(" ")[0] for entry in entries)
+    return ", ".join(f"{op} x{n}" for op, n in counts.most_common()) or "-"
+
+
+def goal(label, row, floor_ratio):
+    if label in (PLAIN, FLOOR):
+        return ""
+    misses = []
+    if row["partitions"] != 1:
+        misses.append(f"{row['partitions']} partitions")
+    limit = GOALS.get(label)
+    if limit is not None and (floor_ratio is None or floor_ratio > limit):
+        misses.append(f"> {limit:.2f}x floor")
+    if misses:
+        return "MISSED: " + ", ".join(misses)
+    return "met" if limit is not None else "1 partition"
+
+
+def report(result, classes, args, how, elapsed):
+    header = (
+        f"{'model':<18}{'median ms':>10}{'p90 ms':>9}{'/floor':>8}{'/plain':>8}{'parts':>6}"
+        f"{'MiB':>7}{'top-1 agr':>10}{'classes':>8}{'probe agr':>10}{'probe err':>10}  goal"
+    )
+    lines = [
+        f"ResNet-50, {args.image_size}x{args.image_size}, batch 1, full int8 (int8 in/out), "
+        f"LiteRT + XNNPACK, {args.threads} thread(s); median and p90 of {args.runs} rounds "
+        f"interleaved across all models (shuffled each round) after {args.warmup} warm-up "
+        "rounds; one run.",
+        f"Data: {how}.",
+        "",
+        header,
+        "-" * len(header),
+    ]
+    details = []
+    for row in result.rows:
+        label = row["model"]
+        if row["error"]:
+            lines.append(f"{label:<18}conversion failed (see below)")
+            details.append(f"{label}: {row['error']}")
+            continue
+        floor_ratio = row[f"ratio_vs_{FLOOR}"]
+        agreement = row["top1_agreement"]
+        probe = row["probe_top1_agreement"]
+        lines.append(
+            f"{label:<18}{row['latency_median_ms']:>10.2f}{row['latency_p90_ms']:>9.2f}"
+            f"{floor_ratio:>8.3f}{row[f'ratio_vs_{PLAIN}']:>8.3f}{row['partitions']:>6}"
+            f"{row['size_bytes'] / 2**20:>7.2f}"
+            f"{'-' if agreement is None else f'{agreement:.3f}':>10}{classes[label]:>8}"
+            f"{'-' if probe is None else f'{probe:.3f}':>10}"
+            f"{row['probe_relative_error']:>10.3f}  {goal(label, row, floor_ratio)}"
+        )
+        outside, floats = op_summary(row["undelegated_ops"]), op_summary(row["float_ops"])
+        if row["undelegated_ops"] or row["float_ops"] or not row["xnnpack"]:
+            details.append(
+                f"{label}: outside XNNPACK: {outside}; float ops kept: {floats}"
+                + ("" if row["xnnpack"] else "; XNNPACK refused the model (LiteRT kernels)")
+            )
+    floor_row = result.row(FLOOR, "int8")
+    lines += [
+        "",
+        f"floor / plain = {floor_row[f'ratio_vs_{PLAIN}']:.3f} (issue 6 measured about "
+        "1.17-1.19 on its machine).",
+        "Goals (issue 6): every block in 1 XNNPACK partition; SE, ECA, GE within 3% of the "
+        "floor, SRM within 10%; the other blocks: the figure.",
+        "parts: XNNPACK partitions. top-1 agr: int8 .tflite vs the float Keras model (same "
+        f"weights) on {result.config['held_out_samples'][PLAIN]} held-out images; classes: "
+        "distinct top-1 classes of the float model there (1 = agreement is trivial); probe "
+        "agr / err: top-1 agreement and relative error on the out-of-distribution probes.",
+    ]
+    if not args.fine_tune_epochs:
+        lines.append(
+            "The weights are untrained (random initialisation): the agreement measures the "
+            "quantisation's fidelity on untrained networks, not the issue's after-fine-tune "
+            "figure (use --fine-tune-epochs)."
+        )
+    if any(r["model"] == "ge" for r in result.rows):
+        lines.append("ge is the floor's architecture (other weights): its ratio shows the noise.")
+    folder = os.path.dirname(result.files["csv"])
+    lines += ["", *details, "", f"Wall time {elapsed:.0f} s. Reports and .tflite files: {folder}"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    started = time.perf_counter()
+    args = parse_args(argv)
+    from keras_chanattn.bench import bench
+    from keras_chanattn.export.files import write_text
+    from keras_chanattn.layers import list_attention
+
+    blocks = args.blocks.split(",") if args.blocks else list_attention()
+    out = args.out or os.path.join(
+        "export", f"bench-resnet50-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    )
+    calibration, held_out, how = images(args)
+    print(f"Data: {how}.")
+    models, skipped = build_models(args, blocks)
+    for label, reason in skipped.items():
+        print(f"skipping {label}: {reason}", file=sys.stderr)
+    if args.fine_tune_epochs:
+        fine_tune(models, args)
+    classes = distinct_classes(models, held_out)
+    result = bench(
+        models,
+        out,
+        formats=["int8"],
+        baseline=[FLOOR, PLAIN],
+        representative_data=calibration,
+        validation_data=held_out,
+        num_threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        max_samples=args.held_out,
+        num_calibration_samples=args.calibration,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        skipped=skipped,
+        log=lambda *_: None,
+    )
+    text = report(result, classes, args, how, time.perf_counter() - started)
+    write_text(os.path.join(out, "resnet50_int8.txt"), text + "\n", args.overwrite)
+    print(text)
+    verdicts = [goal(r["model"], r, r[f"ratio_vs_{FLOOR}"]) for r in result.rows]
+    return 1 if any(v.startswith("MISSED") for v in verdicts) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
