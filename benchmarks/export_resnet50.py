@@ -69,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--fine-tune-epochs", type=int, default=0, help="fine-tune each model on digits first"
     )
-    parser.add_argument("--out", default=None, help="default: export/bench-resnet50-<time>")
+    parser.add_argument("--out", default=None, help="default: export/runs/bench-resnet50-<time>")
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -241,7 +241,7 @@ def main(argv=None):
 
     blocks = args.blocks.split(",") if args.blocks else list_attention()
     out = args.out or os.path.join(
-        "export", f"bench-resnet50-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        "export", "runs", f"bench-resnet50-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
     calibration, held_out, how = images(args)
     print(f"Data: {how}.")
