@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_chanattn
-from keras_chanattn.layers.cbam import ConvGate
+from keras_chanattn.layers.cbam import ConvGate, z_pool
 from tests.layer_cases import randomize_weights
 
 
@@ -100,3 +101,15 @@ def test_spatial_kernel_keeps_the_pytorch_orientation():
     shifted = mean[:, 0:5, 2:8]  # position (i, j) reads (i - 1, j + 1)
     gate = 1.0 / (1.0 + np.exp(-shifted / np.sqrt(1.0 + 1e-5)))
     np.testing.assert_allclose(got, x * gate[..., None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_z_pool_concatenates_max_and_mean_without_a_stack(axis):
+    """TFLite turns a stack into PACK, which XNNPACK does not run: the maps are joined by a
+    CONCATENATION instead, with the same values."""
+    x = random_input((2, 5, 6, 7), seed=axis)
+    expected = np.stack([x.max(axis=axis), x.mean(axis=axis)], axis=-1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(z_pool(x, axis)), expected, atol=1e-6)
+    function = tf.function(lambda t: z_pool(t, axis), input_signature=[tf.TensorSpec(x.shape)])
+    types = {op.type for op in function.get_concrete_function().graph.get_operations()}
+    assert "Pack" not in types and "ConcatV2" in types

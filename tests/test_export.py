@@ -44,14 +44,8 @@ BLOCKS = keras_chanattn.list_attention()
 # Each is a block whose graph needs an inference form that XNNPACK runs in one partition
 # (or that full int8 can run at all). strict=True: when a block's inference form fixes it,
 # the test XPASSes, and fails until the entry is removed.
-_PACK = "PACK (the stacked [max, mean] maps) is not delegated: 2 XNNPACK partitions"
-_TILE = "TILE (the gate broadcast back to H x W) is not delegated: 3 XNNPACK partitions"
 _SA = "6-D reshape: STRIDED_SLICE and PACK are not delegated, 3 XNNPACK partitions"
 KNOWN_FAILURES = {
-    **{("cbam", q): _PACK for q in QUANTIZATIONS},
-    **{("spatial_attention", q): _PACK for q in QUANTIZATIONS},
-    **{("triplet", q): _PACK for q in QUANTIZATIONS},
-    **{("ge", q): _TILE for q in QUANTIZATIONS},
     **{("sa", q): _SA for q in ("float32", "float16", "dynamic")},
     ("sa", "int8"): "int8 calibration fails: STRIDED_SLICE on a 6-D tensor (TFLite allows 5-D)",
     ("gc", "int8"): "SOFTMAX, BATCH_MATMUL and the LayerNorm's SQUARED_DIFFERENCE, ADD, RSQRT "
@@ -170,6 +164,57 @@ def test_tflite_export_passes_verification(name, quantization, tmp_path):
     expected_io = "int8" if quantization == "int8" else "float32"
     assert {report.input["dtype"], *(o["dtype"] for o in report.outputs)} == {expected_io}
     assert json.loads(report.to_json())["passed"] is True
+
+
+# Variants whose graphs differ from the registry cases above; each must export as well.
+VARIANTS = {
+    "ge-global": ("ge", {}),
+    "ge-global-mlp": ("ge", {"use_mlp": True, "reduction": 4}),
+    "ge-partial-tiles": ("ge", {"extent": 3}),  # 16 = 5 * 3 + 1
+    "ge-one-tile": ("ge", {"extent": 32, "gate_activation": "hard_sigmoid"}),
+    "ge-theta": ("ge", {"parametric": True}),
+    "ge-theta-plus": ("ge", {"parametric": True, "use_mlp": True, "reduction": 4}),
+    "triplet-no-spatial": ("triplet", {"no_spatial": True}),
+}
+
+
+@functools.cache
+def trained_variant(variant):
+    name, kwargs = VARIANTS[variant]
+    keras.utils.set_random_seed(0)
+    block = keras_chanattn.create_attention(name, **kwargs)
+    model = small_model(block)
+    randomize_weights(block)
+    return fit(model)
+
+
+@pytest.mark.parametrize("quantization", ["float32", "int8"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_block_variants_export_in_one_partition(variant, quantization, tmp_path):
+    model = trained_variant(variant)
+    path = tmp_path / f"{variant}.tflite"
+    report = export_tflite(model, path, quantization, calibration_images(), held_out_images())
+    assert report.passed, report.summary()
+    assert report.xnnpack_partitions == 1 and report.undelegated_ops == []
+    assert report.float_ops == []
+
+
+def test_blocks_built_for_any_size_export_at_the_given_image_size():
+    """A model with unknown H, W is cloned with its inference forms at unknown size, then
+    traced at the export's size: the blocks must take their static-size graphs there."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    for name, kwargs in [("ge", {"extent": 3, "use_mlp": True, "reduction": 2}), ("cbam", {})]:
+        block = keras_chanattn.create_attention(name, **kwargs)
+        x = block(x)
+        randomize_weights(block)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    tflite = _convert_float(model, (SIZE, SIZE))
+    report = verify_tflite(tflite, model, "float32", image_size=(SIZE, SIZE))
+    assert report.passed, report.summary()
+    assert report.xnnpack_partitions == 1 and "TILE" not in report.op_counts
 
 
 @pytest.mark.parametrize("name", BLOCKS)

@@ -134,6 +134,43 @@ def test_tiled_gather_serves_any_size_after_export(tmp_path):
         assert np.max(np.abs(reloaded.serve(tf.constant(x)).numpy() - expected)) <= TOLERANCE
 
 
+def _op_types(function):
+    return {op.type for op in function.get_concrete_function().graph.get_operations()}
+
+
+@pytest.mark.parametrize(
+    "extent, h, w",
+    [(2, 8, 6), (3, 7, 5), (4, 4, 9), (8, 7, 5), (4, 1, 1)],
+    ids=["divisible", "partial-both", "partial-width", "one-tile-smaller-than-extent", "1x1"],
+)
+def test_static_and_dynamic_tilings_agree_with_the_reference(extent, h, w):
+    """A size known as the graph is built takes reshapes, MEAN and a broadcast multiply
+    (what TFLite's XNNPACK runs); an unknown one pads, pools and repeats (TILE). Both give
+    the reference's outputs and the same gradients."""
+    layer = GatherExcite(extent=extent, use_mlp=True, reduction=2)
+    layer.build((None, None, None, 4))
+    randomize_weights(layer, seed=3)
+    x = tf.constant(random_input((2, h, w, 4), seed=h + w))
+    static = tf.function(layer, input_signature=[tf.TensorSpec((2, h, w, 4))])
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 4))])
+    assert not {"Tile", "AvgPool", "AvgPool3D"} & _op_types(static)
+    assert {"Tile", "AvgPool"} <= _op_types(dynamic)
+
+    expected = reference(layer, x.numpy().astype(np.float64))
+    weights = [x, *layer.trainable_weights]
+    cotangent = random_input(x.shape, seed=7)
+    gradients = []
+    for function in (static, dynamic):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+            loss = tf.reduce_sum(y * cotangent)
+        assert np.max(np.abs(y.numpy() - expected)) <= TOLERANCE
+        gradients.append([g.numpy() for g in tape.gradient(loss, weights)])
+    for from_static, from_dynamic in zip(*gradients, strict=True):
+        np.testing.assert_allclose(from_static, from_dynamic, rtol=1e-5, atol=1e-5)
+
+
 def test_parametric_training_step_and_constant_input_gradients():
     layer = GatherExcite(parametric=True, use_mlp=True, reduction=4)
     inputs = keras.Input((6, 5, 8))

@@ -56,10 +56,15 @@ def z_pool(x, axis=-1):
     removed: an NHWC tensor pooled over axis 1 gives `(N, W, C, 2)`, over axis 2
     `(N, H, C, 2)`, over axis 3 `(N, H, W, 2)`. The mean is computed in float32 (a
     float16 sum over many channels overflows) and cast back.
+
+    The two maps are joined by a concatenation on a new unit axis, not a stack: TFLite
+    turns a stack into PACK, which its XNNPACK delegate does not run (splitting the graph
+    in two), while it runs the CONCATENATION (and the RESHAPE of `expand_dims`), in int8
+    too. The values are the same.
     """
     maximum = ops.max(x, axis=axis)
     mean = ops.cast(ops.mean(ops.cast(x, "float32"), axis=axis), x.dtype)
-    return ops.stack([maximum, mean], axis=-1)
+    return ops.concatenate([ops.expand_dims(maximum, -1), ops.expand_dims(mean, -1)], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="keras_chanattn")

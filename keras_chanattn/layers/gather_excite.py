@@ -18,6 +18,30 @@ from keras_chanattn.layers.registry import register_attention
 from keras_chanattn.layers.squeeze_excite import reduced_channels
 
 
+def _static_size(x):
+    """`(height, width)` of an NHWC tensor if both are known as the graph is built, else None."""
+    h, w = x.shape[1:3]
+    return None if h is None or w is None else (int(h), int(w))
+
+
+def _run_means(t, extent):
+    """Means of a `(M, L, K)` tensor over runs of `extent` along axis 1 (L static).
+
+    Runs start at 0; the last one is partial when `extent` does not divide `L`, and is
+    averaged over its own length. Returns `(M, ceil(L / extent), K)`. Written with
+    reshapes, a slice and MEAN only, which TFLite's XNNPACK delegate runs in int8 too.
+    """
+    length, depth = t.shape[1:]
+    whole, rest = divmod(length, extent)
+    parts = []
+    if whole:
+        body = t if not rest else t[:, : whole * extent]
+        parts.append(ops.mean(ops.reshape(body, (-1, whole, extent, depth)), axis=2))
+    if rest:
+        parts.append(ops.mean(t[:, whole * extent :], axis=1, keepdims=True))
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
+
+
 def tile_mean(x, extent):
     """Mean of an NHWC tensor over `extent x extent` tiles, in float32.
 
@@ -27,10 +51,24 @@ def tile_mean(x, extent):
     at the bottom and right up to a multiple of `E` (ceil mode), the padding not counted.
     Height and width may be unknown and need not be multiples of `E`.
 
+    When the height and width are known as the graph is built (always so in a TFLite
+    export), the tiles are averaged with reshapes and MEAN, over rows first, then over
+    columns (every column of a tile has the same rows, so the mean of its column means is
+    its mean); otherwise with average pooling over the zero-padded map, divided by each
+    tile's in-bounds fraction. The two agree to float32 rounding.
+
     Returns:
         A float32 tensor of shape `(N, ceil(H / E), ceil(W / E), C)`.
     """
     x32 = ops.cast(x, "float32")
+    if extent == 1:
+        return x32
+    size = _static_size(x32)
+    if size is not None:
+        (h, w), channels = size, x32.shape[-1]
+        rows = _run_means(ops.reshape(x32, (-1, h, w * channels)), extent)
+        cols = _run_means(ops.reshape(rows, (-1, w, channels)), extent)
+        return ops.reshape(cols, (-1, rows.shape[1], cols.shape[1], channels))
     shape = ops.shape(x32)
     pad = [[0, 0], [0, (extent - shape[1] % extent) % extent]]
     pad += [[0, (extent - shape[2] % extent) % extent], [0, 0]]
@@ -51,6 +89,32 @@ def upsample_tiles(t, extent, like):
     shape = ops.shape(like)
     t = ops.repeat(ops.repeat(t, extent, axis=1), extent, axis=2)
     return t[:, : shape[1], : shape[2], :]
+
+
+def gate_tiles(x, g, extent):
+    """`x * upsample_tiles(g, extent, x)`: each position scaled by the gate of its tile.
+
+    With the height and width known as the graph is built, the upsampling is a broadcast:
+    `x` is viewed as `(N * rows, E, cols, E, C)` and multiplied by `g` viewed as
+    `(N * rows, 1, cols, 1, C)`; no tiled copy of `g` is made (TFLite's TILE, which XNNPACK
+    does not run). Where `E` does not divide the height (or width) `x` is first zero-padded
+    at the bottom (or right) to whole tiles and the product cropped back; a map with one
+    row (or column) of tiles needs no padding. Otherwise `g` is repeated and cropped.
+    """
+    if extent == 1:
+        return x * g
+    size = _static_size(x)
+    if size is None:
+        return x * upsample_tiles(g, extent, x)
+    (h, w), (rows, cols), channels = size, g.shape[1:3], x.shape[-1]
+    tile_h, tile_w = min(extent, h), min(extent, w)  # a single tile may be smaller than E
+    padded_h, padded_w = rows * tile_h, cols * tile_w
+    if (padded_h, padded_w) != (h, w):
+        x = ops.pad(x, [[0, 0], [0, padded_h - h], [0, padded_w - w], [0, 0]])
+    y = ops.reshape(x, (-1, tile_h, cols, tile_w, channels))
+    y = y * ops.reshape(g, (-1, 1, cols, 1, channels))
+    y = ops.reshape(y, (-1, padded_h, padded_w, channels))
+    return y if (padded_h, padded_w) == (h, w) else y[:, :h, :w, :]
 
 
 def _check_bn_momentum(value):
@@ -143,7 +207,11 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
       right up to a multiple of E and border tiles averaged over their in-bounds positions
       only (PyTorch's `count_include_pad=False`), giving a `ceil(H/E) x ceil(W/E)` map,
       then nearest-neighbour upsampling by the factor E, cropped to `H x W`. Works for any
-      height and width, unknown or not divisible by E.
+      height and width, unknown or not divisible by E. Where the height and width are
+      known as the graph is built (always so in TFLite), the tiles are averaged with
+      reshapes and MEAN and the gate is broadcast back without a tiled copy, a graph that
+      TFLite's XNNPACK delegate runs whole in every format, full int8 included (it runs
+      neither TILE nor int8 AVERAGE_POOL_2D); see `tile_mean` and `gate_tiles`.
     - GE-theta (`parametric=True`): a depthwise convolution whose kernel covers the whole
       `H x W` feature map (no bias), BatchNorm, gate. The kernel starts as the mean
       (`1 / (H * W)`), so the block starts as GE-theta-minus with a BatchNorm. The spatial
@@ -251,7 +319,7 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
             z = spatial_mean(inputs, keepdims=False)
         else:
             z = ops.cast(tile_mean(inputs, self.extent), self.compute_dtype)
-            return inputs * upsample_tiles(self._excite(z), self.extent, inputs)
+            return gate_tiles(inputs, self._excite(z), self.extent)
         g = self._excite(z)
         return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
 
