@@ -192,6 +192,21 @@ def _depthwise_gather(inputs, kernel):
     return ops.reshape(z, (-1, z.shape[-1]))
 
 
+def _grouped_gather(inputs, kernel):
+    """`_depthwise_gather` as a convolution with one group per channel, for export.
+
+    The same sums, but TFLite gets a (grouped) CONV_2D instead of DEPTHWISE_CONV_2D: with
+    dynamic-range quantisation a kernel of 1024 weights or more gets int8 weights and a
+    hybrid kernel, which XNNPACK runs for CONV_2D but not for DEPTHWISE_CONV_2D (that
+    splits the graph); in the other formats both run. The depthwise kernel `(H, W, C, 1)`
+    is the grouped one `(H, W, 1, C)` in the same memory order.
+    """
+    h, w, channels = kernel.shape[:3]
+    kernel = ops.reshape(ops.cast(kernel, "float32"), (h, w, 1, channels))
+    z = ops.conv(ops.cast(inputs, "float32"), kernel, strides=1, padding="valid")
+    return ops.reshape(z, (-1, channels))
+
+
 @register_attention("ge")
 class GatherExcite(_ExciteMixin, AttentionLayer):
     """Gather-Excite block: gate each position by context gathered over a spatial extent.
@@ -373,7 +388,9 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
     `z = sum_{h,w} k[h, w, c] * x[h, w, c] + b_c` (a depthwise convolution covering the
     whole map, with bias), then the optional MLP, the gate and `x * g`. Built by
     `GatherExcite.inference_layer()`; it computes the same outputs as the original in
-    inference mode, with no BatchNorm op.
+    inference mode, with no BatchNorm op. The gather runs as a convolution with one group
+    per channel, which TFLite's XNNPACK delegate runs in every format, dynamic-range
+    quantisation included (it does not run a hybrid DEPTHWISE_CONV_2D).
 
     Args:
         use_mlp: excite with an SE-style MLP before the gate. Defaults to `False`.
@@ -421,7 +438,7 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
 
     def call(self, inputs):
         self._check_spatial_size(inputs)
-        z = _depthwise_gather(inputs, self.gather_kernel) + ops.cast(self.gather_bias, "float32")
+        z = _grouped_gather(inputs, self.gather_kernel) + ops.cast(self.gather_bias, "float32")
         g = self._excite(ops.cast(z, self.compute_dtype))
         return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
 
