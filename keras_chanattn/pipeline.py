@@ -14,8 +14,6 @@ import json
 import pathlib
 import time
 
-import keras
-
 from keras_chanattn.layers.registry import list_attention
 
 BACKBONES = ("cifar_resnet", "mobilenet_v2", "resnet")
@@ -54,6 +52,8 @@ class PipelineConfig:
         run_name: name of the run's folder; `None` for a time stamp. Defaults to `None`.
         overwrite: replace an existing run folder of the same name. Defaults to `False`.
         num_threads: LiteRT threads for verification and latency. Defaults to `2`.
+        latency_runs: timed rounds per format, each running every model once in a
+            shuffled order. Defaults to `30`.
         calibration_samples: training images calibrating full int8. Defaults to `200`.
         seed: seed of data split, initialisation and shuffling. Defaults to `0`.
     """
@@ -82,6 +82,7 @@ class PipelineConfig:
     run_name: str | None = None
     overwrite: bool = False
     num_threads: int = 2
+    latency_runs: int = 30
     calibration_samples: int = 200
     seed: int = 0
 
@@ -175,7 +176,7 @@ def run_pipeline(config=None, verbose=1, log=print):
     )
     variants = config.variants()
     calibration, held_out = _export_images(data, config)
-    rows = []
+    rows, models, exported = [], {}, {}
     started = time.perf_counter()
     for i, variant in enumerate(variants, 1):
         log(f"[{i}/{len(variants)}] {variant}: fine-tuning {config.backbone} on {config.data}")
@@ -188,20 +189,33 @@ def run_pipeline(config=None, verbose=1, log=print):
         model_dir = run_dir / variant
         model_dir.mkdir()
         model.save(model_dir / "model.keras")
-        row = {
-            "variant": variant,
-            "params": int(model.count_params()),
-            "val_accuracy": summary["val_accuracy"],
-            "seconds_per_epoch": summary["seconds_per_epoch"],
-        }
+        models[variant] = model
+        rows.append(
+            {
+                "variant": variant,
+                "params": int(model.count_params()),
+                "val_accuracy": summary["val_accuracy"],
+                "seconds_per_epoch": summary["seconds_per_epoch"],
+            }
+        )
         if config.formats:
-            log(f"[{i}/{len(variants)}] {variant}: exporting {', '.join(config.formats)}")
-            row.update(export_variant(model, model_dir, calibration, held_out, config))
-        rows.append(row)
-        keras.backend.clear_session()
+            log(f"[{i}/{len(variants)}] {variant}: exporting to {', '.join(config.formats)}")
+            exported[variant] = export_variant(model, model_dir, calibration, held_out, config)
+            rows[-1]["failures"] = [
+                f"{fmt}: {failure}"
+                for fmt, report in exported[variant].items()
+                for failure in report.failures
+            ]
+    measured = None
+    if config.formats:
+        log(f"Measuring {len(models)} models x {len(config.formats)} formats (interleaved)")
+        measured = measure(models, exported, run_dir / "bench", calibration, held_out, config,
+                           verbose)  # fmt: skip
     elapsed = time.perf_counter() - started
-    write_report(run_dir, config, rows, elapsed)
+    write_report(run_dir, config, rows, measured, elapsed)
     log(format_table(rows))
+    if measured is not None:
+        log(measured.table())
     failed = [(r["variant"], f) for r in rows for f in r.get("failures", [])]
     for variant, failure in failed:
         log(f"VERIFICATION FAILED {variant}: {failure}")
@@ -210,44 +224,67 @@ def run_pipeline(config=None, verbose=1, log=print):
 
 
 def _export_images(data, config):
-    """Calibration images (from the training split) and held-out images (validation)."""
+    """Calibration images (from the training split) and held-out `(images, labels)`."""
     import numpy as np
 
     if not config.formats:
         return None, None
-    take = lambda ds, n: np.stack([x for x, _ in ds.take(n).as_numpy_iterator()])  # noqa: E731
-    return take(data.train, config.calibration_samples), take(data.validation, 256)
+
+    def take(ds, n):
+        pairs = list(ds.take(n).as_numpy_iterator())
+        return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
+
+    return take(data.train, config.calibration_samples)[0], take(data.validation, 256)
 
 
 def export_variant(model, model_dir, calibration, held_out, config):
     """Exports one trained model to SavedModel and each TFLite format, verifying each.
 
     Verification failures do not stop the run: the file is written, the report JSON beside
-    it lists the failures, and the row carries them (the run's exit code says so).
+    it lists the failures (the run's exit code says so).
+
+    Returns:
+        `{format: VerificationReport}`.
     """
     from keras_chanattn.export import export_saved_model, export_tflite
 
-    export_saved_model(model, model_dir / "saved_model", check_data=held_out[:32])
-    row = {"failures": []}
-    for fmt in config.formats:
-        report = export_tflite(
+    images = held_out[0]
+    export_saved_model(model, model_dir / "saved_model", check_data=images[:32])
+    return {
+        fmt: export_tflite(
             model,
             model_dir / f"model_{fmt}.tflite",
             fmt,
             representative_data=calibration if fmt == "int8" else None,
-            validation_data=held_out,
+            validation_data=images,
             enforce=False,
             report_path=model_dir / f"model_{fmt}.json",
             num_threads=config.num_threads,
             seed=config.seed,
         )
-        metrics = report.held_out
-        row[f"{fmt}_kb"] = report.size_bytes / 1024
-        row[f"{fmt}_max_abs"] = metrics.max_abs_error
-        row[f"{fmt}_top1"] = metrics.top1_agreement
-        row[f"{fmt}_partitions"] = report.xnnpack_partitions
-        row["failures"] += [f"{fmt}: {failure}" for failure in report.failures]
-    return row
+        for fmt in config.formats
+    }
+
+
+def measure(models, exported, out_dir, calibration, held_out, config, verbose):
+    """Times the exported files side by side (interleaved) and writes the bench reports."""
+    from keras_chanattn.bench import bench
+
+    return bench(
+        models,
+        out_dir,
+        formats=config.formats,
+        baseline="plain" if "plain" in models else None,
+        representative_data=calibration,
+        validation_data=held_out,
+        exported=exported,
+        num_threads=config.num_threads,
+        runs=config.latency_runs,
+        overwrite=config.overwrite,
+        seed=config.seed,
+        verbose=verbose,
+        log=lambda *_: None,
+    )
 
 
 COLUMNS = (
@@ -255,13 +292,6 @@ COLUMNS = (
     ("params", "params", "{:,}"),
     ("val_accuracy", "val acc", "{:.4f}"),
     ("seconds_per_epoch", "s/epoch", "{:.1f}"),
-    ("float32_kb", "f32 KiB", "{:.0f}"),
-    ("int8_kb", "int8 KiB", "{:.0f}"),
-    ("float32_max_abs", "f32 err", "{:.1e}"),
-    ("float16_max_abs", "f16 err", "{:.1e}"),
-    ("dynamic_top1", "dyn top-1", "{:.3f}"),
-    ("int8_top1", "int8 top-1", "{:.3f}"),
-    ("int8_partitions", "int8 parts", "{}"),
     ("failures", "verified", "{}"),
 )
 
@@ -287,7 +317,7 @@ def _cell(value, fmt):
     return fmt.format(value)
 
 
-def write_report(run_dir, config, rows, elapsed):
+def write_report(run_dir, config, rows, measured, elapsed):
     """Writes `report.md`, `results.json` and `results.csv` into `run_dir`."""
     import csv
 
@@ -303,8 +333,26 @@ def write_report(run_dir, config, rows, elapsed):
         f"{config.image_size}x{config.image_size}, {config.epochs} epochs, wall time "
         f"{elapsed:.0f} s.",
         "",
-        format_table(rows),
+        "## Training (held-out accuracy) and export verification",
         "",
-        "Configuration: `config.json`; per-variant artefacts in the sub-folders.",
+        format_table(rows),
     ]
+    if measured is not None:
+        text += [
+            "",
+            f"## On-device-style measurement (LiteRT + XNNPACK, {config.num_threads} threads, "
+            f"{config.latency_runs} interleaved runs)",
+            "",
+            measured.table(markdown=True),
+            "",
+            "![latency overhead](bench/latency_overhead.png)",
+            "![cost vs fidelity](bench/cost_vs_fidelity.png)",
+            "",
+            "Machine-readable: `bench/bench.csv`, `bench/bench.json`; per-file verification "
+            "reports beside each `.tflite`.",
+        ]
+    failed = [(r["variant"], f) for r in rows for f in r.get("failures", [])]
+    if failed:
+        text += ["", "## Verification failures", ""] + [f"- {v}: {f}" for v, f in failed]
+    text += ["", "Configuration: `config.json`; per-variant artefacts in the sub-folders."]
     (run_dir / "report.md").write_text("\n".join(text) + "\n")

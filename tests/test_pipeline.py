@@ -35,21 +35,29 @@ def test_main_job_end_to_end_reduced(tmp_path):
         out_dir=str(tmp_path),
         run_name="tiny",
         calibration_samples=32,
+        latency_runs=3,
     )
     rows, run_dir = run_pipeline(config, verbose=0, log=lambda *_: None)
     assert [r["variant"] for r in rows] == ["plain", "se"]
     for row in rows:
         assert row["params"] > 0 and 0.0 <= row["val_accuracy"] <= 1.0
         for fmt in config.formats:
-            size = (run_dir / row["variant"] / f"model_{fmt}.tflite").stat().st_size
-            assert row[f"{fmt}_kb"] == pytest.approx(size / 1024)
-            assert row[f"{fmt}_partitions"] >= 1
-            report = json.loads((run_dir / row["variant"] / f"model_{fmt}.json").read_text())
-            assert report["quantization"] == fmt
+            path = run_dir / row["variant"] / f"model_{fmt}.tflite"
+            report = json.loads(path.with_suffix(".json").read_text())
+            assert report["quantization"] == fmt and report["size_bytes"] == path.stat().st_size
         assert (run_dir / row["variant"] / "saved_model" / "saved_model.pb").exists()
-    assert rows[0]["float32_max_abs"] < 1e-3
+    bench = json.loads((run_dir / "bench" / "bench.json").read_text())
+    measured = {(r["model"], r["format"]): r for r in bench["rows"]}
+    assert set(measured) == {(v, f) for v in ("plain", "se") for f in config.formats}
+    for (variant, fmt), r in measured.items():
+        size = (run_dir / variant / f"model_{fmt}.tflite").stat().st_size
+        assert r["size_bytes"] == size and r["latency_median_ms"] > 0
+        assert r["partitions"] >= 0
+    assert measured[("plain", "float32")]["ratio_vs_plain"] == 1.0
+    for plot in ("latency_overhead.png", "cost_vs_fidelity.png"):
+        assert (run_dir / "bench" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (run_dir / "report.md").read_text()
-    assert "| plain |" in report and "| se |" in report
+    assert "| plain |" in report and "| se |" in report and "latency_overhead.png" in report
     with open(run_dir / "results.csv") as f:
         assert [r["variant"] for r in csv.DictReader(f)] == ["plain", "se"]
     assert json.loads((run_dir / "results.json").read_text())[1]["variant"] == "se"
