@@ -124,6 +124,19 @@ class GlobalContext(AttentionLayer):
             return inputs + t
         return inputs * ops.sigmoid(t)
 
+    def inference_layer(self):
+        """Returns a `GlobalContextInference` with the same weights (same outputs)."""
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before converting it.")
+        form = GlobalContextInference(
+            **{k: v for k, v in self.get_config().items() if k in _ARGUMENTS},
+            dtype=self.dtype_policy,
+            name=f"{self.name}_inference",
+        )
+        form.build((None, None, None, self.expand.units))
+        form.set_weights(self.get_weights())
+        return form
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -137,3 +150,78 @@ class GlobalContext(AttentionLayer):
             }
         )
         return config
+
+
+def _expand_hw(t):
+    return ops.expand_dims(ops.expand_dims(t, 1), 1)
+
+
+_ARGUMENTS = ("reduction", "min_channels", "divisor", "pooling", "fusion", "epsilon")
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class GlobalContextInference(GlobalContext):
+    """Inference form of `GlobalContext`, written for full-int8 TFLite on XNNPACK.
+
+    Same arguments, weights and outputs as `GlobalContext` (built by its
+    `inference_layer()`); only the graph differs:
+
+    - the attention pooling is the softmax over the `H * W` logits (a vector, one value per
+      position), then the elementwise product with `x` and a sum over H and W (MUL and
+      SUM, which XNNPACK runs in int8; it has no int8 BATCH_MATMUL). The inert logit bias
+      is left out (the softmax is shift-invariant);
+    - the LayerNorm is written out (MEAN, SUB, MUL; XNNPACK has no int8
+      SQUARED_DIFFERENCE);
+    - fusion by addition is `x - (-t)`, with `-t` from the last convolution's negated
+      weights, so that no ADD touches the (H, W, C) map.
+
+    In full int8 the SOFTMAX over positions, the LayerNorm's ADDs and its RSQRT stay in
+    float (`export_float_ops`): XNNPACK has no int8 SOFTMAX or RSQRT, and rejects an int8
+    ADD of a constant as small as `epsilon`. The float tensors are `(N, C / r)` vectors and
+    the `(N, H * W)` attention weights; every op on the (H, W, C) map is int8.
+
+    Args:
+        reduction: reduction ratio of the transform bottleneck. Defaults to `16`.
+        min_channels: smallest bottleneck width. Defaults to `1`.
+        divisor: round the bottleneck width to a multiple of this. Defaults to `None`.
+        pooling: `"attention"` or `"avg"`. Defaults to `"attention"`.
+        fusion: `"add"` or `"mul"`. Defaults to `"add"`.
+        epsilon: LayerNorm epsilon. Defaults to `1e-5`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    # TFLite ops full-int8 export keeps in float (see keras_chanattn.export.verify).
+    export_float_ops = ("SOFTMAX", "ADD", "RSQRT")
+
+    def _context(self, inputs):
+        if self.pooling == "avg" or (inputs.shape[1] == 1 and inputs.shape[2] == 1):
+            return super()._context(inputs)
+        shape = ops.shape(inputs)
+        logits = ops.cast(self.context_logits(inputs), "float32")
+        weights = ops.softmax(ops.reshape(logits, (-1, shape[1] * shape[2])), axis=-1)
+        weights = ops.reshape(weights, (-1, shape[1], shape[2], 1))
+        context = ops.sum(ops.cast(inputs, "float32") * weights, axis=(1, 2))
+        return ops.cast(context, self.compute_dtype)
+
+    def call(self, inputs):
+        z = ops.cast(self.reduce(self._context(inputs)), "float32")
+        mean = ops.mean(z, axis=-1, keepdims=True)
+        centred = z - mean
+        var = ops.mean(centred * centred, axis=-1, keepdims=True)
+        gamma, beta = (ops.cast(w, "float32") for w in (self.norm.gamma, self.norm.beta))
+        h = ops.relu(centred * ops.rsqrt(var + self.epsilon) * gamma + beta)
+        kernel, bias = (ops.cast(w, "float32") for w in (self.expand.kernel, self.expand.bias))
+        if self.fusion == "mul":
+            gate = ops.sigmoid(ops.matmul(h, kernel) + bias)
+            return inputs * _expand_hw(ops.cast(gate, self.compute_dtype))
+        negated = ops.matmul(h, -kernel) - bias
+        return inputs - _expand_hw(ops.cast(negated, self.compute_dtype))
+
+    def inference_layer(self):
+        return self

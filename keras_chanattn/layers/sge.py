@@ -1,5 +1,6 @@
 """Spatial Group-wise Enhance (Li, Hu, Yang, 2019): https://arxiv.org/abs/1905.09646"""
 
+import keras
 from keras import ops
 
 from keras_chanattn.layers.common import (
@@ -70,6 +71,7 @@ class SpatialGroupEnhance(AttentionLayer):
                 f"{channels} channels. Choose `groups` dividing {channels} "
                 f"(e.g. groups={valid})."
             )
+        self._channels = channels
         self.weight = self.add_weight(name="weight", shape=(self.groups,), initializer="zeros")
         self.bias = self.add_weight(name="bias", shape=(self.groups,), initializer="ones")
 
@@ -90,7 +92,84 @@ class SpatialGroupEnhance(AttentionLayer):
         out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
         return ops.reshape(out, (-1, shape[1], shape[2], channels))
 
+    def inference_layer(self):
+        """Returns a `SpatialGroupEnhanceInference` with the same weights (same outputs)."""
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before converting it.")
+        form = SpatialGroupEnhanceInference(
+            groups=self.groups,
+            epsilon=self.epsilon,
+            unbiased=self.unbiased,
+            dtype=self.dtype_policy,
+            name=f"{self.name}_inference",
+        )
+        form.build((None, None, None, self._channels))
+        form.set_weights(self.get_weights())
+        return form
+
     def get_config(self):
         config = super().get_config()
         config.update({"groups": self.groups, "epsilon": self.epsilon, "unbiased": self.unbiased})
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class SpatialGroupEnhanceInference(SpatialGroupEnhance):
+    """Inference form of `SpatialGroupEnhance`, written for full-int8 TFLite on XNNPACK.
+
+    Same arguments, weights and outputs as `SpatialGroupEnhance` (built by its
+    `inference_layer()`); only the graph differs. Each group's similarity map `t` is first
+    rescaled to `u = (t - min t) / (max t - min t)`, in `[0, 1]`: the normalisation
+    `(t - mean) / (std + epsilon)` equals `(u - mean u) / (std u + epsilon / spread)` for
+    any positive spread, and in int8 every group's statistics then use the whole 8-bit
+    range (without it, the variance of a group whose `t` is small next to another group's
+    rounded to zero). The logits are `u * scale - (mean u * scale - bias)`, with no ADD
+    on an `(H, W)` map.
+
+    In full int8 the `(N, 1, 1, G)` path (the spread's floor, the square root, the
+    epsilon's ADD and the divisions) stays in float (`export_float_ops`): XNNPACK has no
+    int8 SQRT, DIV or MAXIMUM, and rejects an int8 ADD of a constant as small as
+    `epsilon`. Every op on an `(H, W)` map is int8.
+
+    Args:
+        groups: number of channel groups `G`. Defaults to `64`.
+        epsilon: added to the standard deviation. Defaults to `1e-5`.
+        unbiased: divide the variance by `H * W - 1`. Defaults to `True`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`, channels divisible by `groups`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    # TFLite ops full-int8 export keeps in float (see keras_chanattn.export.verify); every
+    # one of them in this layer works on (N, 1, 1, G) vectors.
+    export_float_ops = ("MAXIMUM", "SQRT", "ADD", "DIV")
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        channels = inputs.shape[-1]
+        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, channels // self.groups))
+        x32 = ops.cast(x, "float32")
+        t = ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)  # (N, H, W, G)
+        low = ops.min(t, axis=(1, 2), keepdims=True)
+        # Any positive spread gives the same outputs; the floor only avoids 0 / 0.
+        spread = ops.maximum(ops.max(t, axis=(1, 2), keepdims=True) - low, self.epsilon)
+        u = (t - low) * (1.0 / spread)
+        u_mean = ops.mean(u, axis=(1, 2), keepdims=True)
+        centred = u - u_mean
+        var = ops.mean(centred * centred, axis=(1, 2), keepdims=True)
+        if self.unbiased:
+            n = spatial_size(t)
+            var = var * (n / ops.maximum(n - 1.0, 1.0))
+        std = ops.sqrt(var)
+        scale = ops.cast(self.weight, "float32") / (std + self.epsilon / spread)
+        logits = u * scale - (u_mean * scale - ops.cast(self.bias, "float32"))
+        g = ops.sigmoid(logits)
+        out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
+        return ops.reshape(out, (-1, shape[1], shape[2], channels))
+
+    def inference_layer(self):
+        return self

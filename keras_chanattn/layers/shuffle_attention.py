@@ -1,5 +1,8 @@
 """SA-Net: Shuffle Attention (Zhang & Yang, ICASSP 2021): https://arxiv.org/abs/2102.00240"""
 
+import math
+
+import keras
 from keras import ops
 
 from keras_chanattn.layers.common import (
@@ -81,34 +84,107 @@ class ShuffleAttention(AttentionLayer):
         self.norm_beta = weight("norm_beta", "zeros")
 
     def call(self, inputs):
-        shape = ops.shape(inputs)
-        channels = inputs.shape[-1]
-        half = channels // (2 * self.groups)
-        # (N, H, W, G, 2, C/2G): axis 4 picks the channel (0) or spatial (1) half.
-        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, 2, half))
-        x32 = ops.cast(x, "float32")
-        mean, var = ops.moments(x32, axes=(1, 2), keepdims=True)
+        # The instance norm's statistics, per channel over H and W (both halves: the channel
+        # half uses only the mean).
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+        centred = x - mean
+        var = ops.mean(centred * centred, axis=(1, 2), keepdims=True)
+        return self._gated(inputs, centred, mean, ops.rsqrt(var + self.epsilon))
+
+    def _gated(self, inputs, centred, mean, inv_std):
+        """`inputs * gate`, channel-shuffled, from the per-channel statistics.
+
+        Each channel's gate is `sigmoid(centred * slope + mean * mean_weight + bias)`, with
+        vectors of length C built from the shared parameters in the group layout
+        `[channel half, spatial half] * G`: the channel half has slope 0 (its gate is
+        `sigmoid(cw * mean + cb)`), the spatial half mean weight 0 (its gate is
+        `sigmoid(sw * (gamma * centred * inv_std + beta) + sb)`). Everything is
+        elementwise on (N, H, W, C) or per channel; no tensor has more than 5 dimensions.
+        """
         cw, cb, sw, sb, gamma, beta = (ops.cast(v, "float32") for v in self.weights)
+        zeros = ops.zeros_like(cw)
 
-        channel_gate = ops.sigmoid(cw * mean[..., 0, :] + cb)
-        normed = (x32[..., 1, :] - mean[..., 1, :]) / ops.sqrt(var[..., 1, :] + self.epsilon)
-        spatial_gate = ops.sigmoid(sw * (normed * gamma + beta) + sb)
+        def per_channel(channel_half, spatial_half):
+            return ops.tile(ops.concatenate([channel_half, spatial_half], 0), (self.groups,))
 
-        dtype = inputs.dtype
-        out = ops.stack(
-            [
-                x[..., 0, :] * ops.cast(channel_gate, dtype),
-                x[..., 1, :] * ops.cast(spatial_gate, dtype),
-            ],
-            axis=4,
+        slope = per_channel(zeros, sw * gamma) * inv_std
+        # The bias enters as the subtraction of a per-channel vector, -(mean * mean_weight +
+        # bias): no ADD touches the (H, W, C) map (see ShuffleAttentionInference).
+        offset = mean * per_channel(-cw, zeros) - per_channel(cb, sw * beta + sb)
+        gate = ops.sigmoid(centred * slope - offset)
+        return channel_shuffle(inputs * ops.cast(gate, inputs.dtype), 2)
+
+    def inference_layer(self):
+        """Returns a `ShuffleAttentionInference` with the same weights (same outputs)."""
+        if not self.built:
+            raise ValueError("Build the layer (call it on an input) before converting it.")
+        form = ShuffleAttentionInference(
+            groups=self.groups,
+            epsilon=self.epsilon,
+            dtype=self.dtype_policy,
+            name=f"{self.name}_inference",
         )
-        out = ops.reshape(out, (-1, shape[1], shape[2], channels))
-        return channel_shuffle(out, 2)
+        form.build((None, None, None, 2 * self.groups * self.channel_weight.shape[0]))
+        form.set_weights(self.get_weights())
+        return form
 
     def get_config(self):
         config = super().get_config()
         config.update({"groups": self.groups, "epsilon": self.epsilon})
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_chanattn")
+class ShuffleAttentionInference(ShuffleAttention):
+    """Inference form of `ShuffleAttention`, written for full-int8 TFLite on XNNPACK.
+
+    Same arguments, weights and outputs as `ShuffleAttention` (built by its
+    `inference_layer()`); only the graph differs. Before its variance is taken, each
+    channel is divided by its spread `max - min` over H and W: the normalised value
+    `(x - mean) / sqrt(var + epsilon)` equals `u / sqrt(var_u + epsilon / spread^2)`
+    with `u = (x - mean) / spread` for any positive spread, and `u` lies in `[-1, 1]`, so
+    in int8 every channel's variance uses the whole 8-bit range (without it, channels
+    whose values are small next to another channel's lost their variance to rounding:
+    relative error 0.053 and top-1 agreement 0.977 on the test model, against 0.022 and
+    0.992). The spread is at least `4 * sqrt(epsilon)`, which leaves a constant channel's
+    scale near the others'.
+
+    In full int8 the per-channel path (the spread's floor, `1 / spread`, the epsilon's
+    ADD and the reciprocal square root) stays in float (`export_float_ops`): XNNPACK has
+    no int8 MAXIMUM, DIV or RSQRT, and rejects an int8 ADD of a constant as small as
+    `epsilon`. Every op on the (H, W, C) map is int8.
+
+    Args:
+        groups: number of channel groups `G`. Defaults to `64`.
+        epsilon: epsilon of the instance normalisation. Defaults to `1e-5`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)`, channels divisible by
+        `2 * groups`.
+
+    Output shape:
+        Same as the input.
+    """
+
+    # TFLite ops full-int8 export keeps in float (see keras_chanattn.export.verify); every
+    # one of them in this layer works on (N, 1, 1, C) vectors.
+    export_float_ops = ("MAXIMUM", "DIV", "ADD", "RSQRT")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        centred = x - mean
+        spread = ops.max(x, axis=(1, 2), keepdims=True) - ops.min(x, axis=(1, 2), keepdims=True)
+        spread = ops.maximum(spread, 4.0 * math.sqrt(self.epsilon))
+        u = centred * (1.0 / spread)
+        var = ops.mean(u * u, axis=(1, 2), keepdims=True)
+        inv_std = ops.rsqrt(var + self.epsilon / spread / spread)
+        return self._gated(inputs, u, mean, inv_std)
+
+    def inference_layer(self):
+        return self
 
 
 def _largest_valid_groups(channels, groups):
