@@ -12,15 +12,19 @@ from keras_chanattn.layers.cbam import (
 from keras_chanattn.layers.common import AttentionLayer, make_divisible
 from keras_chanattn.layers.eca import EfficientChannelAttention, adaptive_kernel_size
 from keras_chanattn.layers.gather_excite import FoldedGatherExcite, GatherExcite
-from keras_chanattn.layers.global_context import GlobalContext
+from keras_chanattn.layers.global_context import GlobalContext, GlobalContextInference
 from keras_chanattn.layers.registry import (
     create_attention,
     get_attention_class,
     list_attention,
     register_attention,
 )
-from keras_chanattn.layers.sge import SpatialGroupEnhance
-from keras_chanattn.layers.shuffle_attention import ShuffleAttention, channel_shuffle
+from keras_chanattn.layers.sge import SpatialGroupEnhance, SpatialGroupEnhanceInference
+from keras_chanattn.layers.shuffle_attention import (
+    ShuffleAttention,
+    ShuffleAttentionInference,
+    channel_shuffle,
+)
 from keras_chanattn.layers.squeeze_excite import SqueezeExcite
 from keras_chanattn.layers.srm import FoldedStyleRecalibration, StyleRecalibration
 from keras_chanattn.layers.triplet import FoldedTripletAttention, TripletAttention
@@ -38,9 +42,12 @@ __all__ = [
     "FoldedTripletAttention",
     "GatherExcite",
     "GlobalContext",
+    "GlobalContextInference",
     "ShuffleAttention",
+    "ShuffleAttentionInference",
     "SpatialAttention",
     "SpatialGroupEnhance",
+    "SpatialGroupEnhanceInference",
     "SqueezeExcite",
     "StyleRecalibration",
     "TripletAttention",
