@@ -224,3 +224,10 @@ def test_inference_layer_matches_inference_mode(name):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_create_attention_takes_a_layer_name_and_rejects_unknown_names():
+    layer = keras_chanattn.create_attention("SE", name="my_gate", reduction=4)
+    assert isinstance(layer, keras_chanattn.SqueezeExcite) and layer.name == "my_gate"
+    with pytest.raises(ValueError, match="Valid names are: .*srm"):
+        keras_chanattn.create_attention("senet")

@@ -38,13 +38,14 @@ def get_attention_class(name):
     return _REGISTRY[key]
 
 
-def create_attention(name, **kwargs):
+def create_attention(name, /, **kwargs):
     """Builds a new attention layer by registry name.
 
     Args:
         name: a registered name (see `list_attention()`), e.g. `"se"` or `"srm"`; case
             does not matter.
-        **kwargs: constructor arguments of that layer.
+        **kwargs: constructor arguments of that layer (`name=` included: the registry name
+            is positional-only).
 
     Returns:
         A new, unbuilt `keras.layers.Layer`.
