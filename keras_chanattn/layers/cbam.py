@@ -201,7 +201,7 @@ def _require_built(layer):
         raise ValueError("Build the layer (call it on an input) before folding it.")
 
 
-def channel_arguments(reduction=16, min_channels=1, divisor=None, gate_activation="sigmoid"):
+def channel_arguments(reduction=16, min_channels=8, divisor=None, gate_activation="sigmoid"):
     """Validated constructor arguments of `ChannelAttention`, as a config dict."""
     return {
         "reduction": check_positive_float("reduction", reduction),
@@ -253,7 +253,8 @@ class ChannelAttention(AttentionLayer):
 
     Args:
         reduction: reduction ratio `r` of the bottleneck. Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`, as `SqueezeExcite`
+            (a narrower MLP can leave int8 TFLite a zero-range tensor XNNPACK refuses).
         divisor: if set, round the bottleneck width to a multiple of this. Defaults to
             `None` (no rounding, as in the paper).
         gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
@@ -273,7 +274,7 @@ class ChannelAttention(AttentionLayer):
     """
 
     def __init__(
-        self, reduction=16, min_channels=1, divisor=None, gate_activation="sigmoid", **kwargs
+        self, reduction=16, min_channels=8, divisor=None, gate_activation="sigmoid", **kwargs
     ):
         super().__init__(**kwargs)
         _set_arguments(self, channel_arguments(reduction, min_channels, divisor, gate_activation))
@@ -449,7 +450,8 @@ class CBAM(AttentionLayer):
 
     Args:
         reduction: reduction ratio `r` of the channel MLP. Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`, as `SqueezeExcite`
+            (a narrower MLP can leave int8 TFLite a zero-range tensor XNNPACK refuses).
         divisor: if set, round the bottleneck width to a multiple of this. Defaults to
             `None`.
         gate_activation: channel gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`,
@@ -479,7 +481,7 @@ class CBAM(AttentionLayer):
     def __init__(
         self,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         gate_activation="sigmoid",
         kernel_size=7,
@@ -540,7 +542,8 @@ class FoldedCBAM(AttentionLayer):
 
     Args:
         reduction: reduction ratio `r` of the channel MLP. Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`, as `SqueezeExcite`
+            (a narrower MLP can leave int8 TFLite a zero-range tensor XNNPACK refuses).
         divisor: if set, round the bottleneck width to a multiple of this. Defaults to
             `None`.
         gate_activation: channel gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`,
@@ -558,7 +561,7 @@ class FoldedCBAM(AttentionLayer):
     def __init__(
         self,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         gate_activation="sigmoid",
         kernel_size=7,

@@ -250,7 +250,7 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
         use_mlp: excite with an SE-style MLP before the gate (GE-theta-plus). Defaults to
             `False`.
         reduction: reduction ratio `r` of the MLP. Defaults to `16`.
-        min_channels: smallest MLP width. Defaults to `1`.
+        min_channels: smallest MLP width. Defaults to `8`, as `SqueezeExcite`.
         divisor: if set, round the MLP width to a multiple of this. Defaults to `None`.
         activation: activation of the MLP, by name. Defaults to `"relu"`.
         gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
@@ -283,7 +283,7 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
         parametric=False,
         use_mlp=False,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         activation="relu",
         gate_activation="sigmoid",
@@ -395,7 +395,7 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
     Args:
         use_mlp: excite with an SE-style MLP before the gate. Defaults to `False`.
         reduction: reduction ratio `r` of the MLP. Defaults to `16`.
-        min_channels: smallest MLP width. Defaults to `1`.
+        min_channels: smallest MLP width. Defaults to `8`, as `SqueezeExcite`.
         divisor: if set, round the MLP width to a multiple of this. Defaults to `None`.
         activation: activation of the MLP, by name. Defaults to `"relu"`.
         gate_activation: gate, one of `"sigmoid"`, `"hard_sigmoid"`, `"tanh"`, `"relu"`.
@@ -414,7 +414,7 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
         self,
         use_mlp=False,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         activation="relu",
         gate_activation="sigmoid",
