@@ -168,17 +168,18 @@ class GlobalContextInference(GlobalContext):
 
     - the attention pooling is the softmax over the `H * W` logits (a vector, one value per
       position), then the elementwise product with `x` and a sum over H and W (MUL and
-      SUM, which XNNPACK runs in int8; it has no int8 BATCH_MATMUL). The inert logit bias
-      is left out (the softmax is shift-invariant);
-    - the LayerNorm is written out (MEAN, SUB, MUL; XNNPACK has no int8
+      SUM, which XNNPACK runs in int8; it does not delegate int8 BATCH_MATMUL). The inert
+      logit bias is left out (the softmax is shift-invariant);
+    - the LayerNorm is written out (MEAN, SUB, MUL; XNNPACK does not delegate int8
       SQUARED_DIFFERENCE);
     - fusion by addition is `x - (-t)`, with `-t` from the last convolution's negated
       weights, so that no ADD touches the (H, W, C) map.
 
     In full int8 the SOFTMAX over positions, the LayerNorm's ADDs and its RSQRT stay in
-    float (`export_float_ops`): XNNPACK has no int8 SOFTMAX or RSQRT, and rejects an int8
-    ADD of a constant as small as `epsilon`. The float tensors are `(N, C / r)` vectors and
-    the `(N, H * W)` attention weights; every op on the (H, W, C) map is int8.
+    float (`export_float_ops`): XNNPACK does not delegate int8 SOFTMAX or RSQRT, and
+    rejects an int8 ADD of a constant as small as `epsilon`. The float tensors are
+    `(N, C / r)` vectors and the `(N, H * W)` attention weights; every op on the (H, W, C)
+    map is int8.
 
     Args:
         reduction: reduction ratio of the transform bottleneck. Defaults to `16`.

@@ -127,8 +127,8 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
     on an `(H, W)` map.
 
     In full int8 the `(N, 1, 1, G)` path (the spread's floor, the square root, the
-    epsilon's ADD and the divisions) stays in float (`export_float_ops`): XNNPACK has no
-    int8 SQRT, DIV or MAXIMUM, and rejects an int8 ADD of a constant as small as
+    epsilon's ADD and the divisions) stays in float (`export_float_ops`): XNNPACK does not
+    delegate int8 SQRT, DIV or MAXIMUM, and rejects an int8 ADD of a constant as small as
     `epsilon`. Every op on an `(H, W)` map is int8.
 
     Args:

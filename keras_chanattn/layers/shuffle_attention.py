@@ -151,8 +151,8 @@ class ShuffleAttentionInference(ShuffleAttention):
     scale near the others'.
 
     In full int8 the per-channel path (the spread's floor, `1 / spread`, the epsilon's
-    ADD and the reciprocal square root) stays in float (`export_float_ops`): XNNPACK has
-    no int8 MAXIMUM, DIV or RSQRT, and rejects an int8 ADD of a constant as small as
+    ADD and the reciprocal square root) stays in float (`export_float_ops`): XNNPACK does
+    not delegate int8 MAXIMUM, DIV or RSQRT, and rejects an int8 ADD of a constant as small as
     `epsilon`. Every op on the (H, W, C) map is int8.
 
     Args:

@@ -140,9 +140,9 @@ class FoldedStyleRecalibration(AttentionLayer):
     the norm `|(a_c, b_c)|` of its CFC weights (undone in the weights after pooling), so
     that int8's per-tensor scales resolve best the statistics the gate depends on most;
     the variance is the mean of `(x - mean) * (x - mean)` (SUB, MUL, MEAN, which XNNPACK
-    runs in int8; it has no int8 SQUARED_DIFFERENCE); and the per-channel tail,
-    `sqrt(var + epsilon)` and the CFC's sums, stays in float (`export_float_ops`):
-    XNNPACK has no int8 SQRT, and rejects an int8 ADD of a constant as small as
+    runs in int8; it does not delegate int8 SQUARED_DIFFERENCE); and the per-channel tail,
+    `sqrt(var + epsilon)` and the CFC's sums, stays in float (`export_float_ops`): XNNPACK
+    does not delegate int8 SQRT, and rejects an int8 ADD of a constant as small as
     `epsilon` next to the variance. Every op on the full `(H, W, C)` map is int8; the
     float ops touch `(N, 1, 1, C)` vectors only.
 
