@@ -38,7 +38,7 @@ class GlobalContext(AttentionLayer):
     Args:
         reduction: reduction ratio `r` of the transform bottleneck, `C -> C / r`
             (GCNet's `ratio` is `1 / r`). Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`, as `SqueezeExcite`.
         divisor: if set, round the bottleneck width to a multiple of this. Defaults to
             `None` (no rounding, as in the paper).
         pooling: context modelling, `"attention"` (softmax-weighted sum, the paper's) or
@@ -64,7 +64,7 @@ class GlobalContext(AttentionLayer):
     def __init__(
         self,
         reduction=16,
-        min_channels=1,
+        min_channels=8,
         divisor=None,
         pooling="attention",
         fusion="add",
@@ -183,7 +183,7 @@ class GlobalContextInference(GlobalContext):
 
     Args:
         reduction: reduction ratio of the transform bottleneck. Defaults to `16`.
-        min_channels: smallest bottleneck width. Defaults to `1`.
+        min_channels: smallest bottleneck width. Defaults to `8`, as `SqueezeExcite`.
         divisor: round the bottleneck width to a multiple of this. Defaults to `None`.
         pooling: `"attention"` or `"avg"`. Defaults to `"attention"`.
         fusion: `"add"` or `"mul"`. Defaults to `"add"`.
