@@ -72,6 +72,14 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="default: export/runs/bench-resnet50-<time>")
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--block-init",
+        choices=["random", "default"],
+        default="random",
+        help="random (default): the blocks' weights drawn at random, as a trained network's "
+        "would be; default: their initialisation, where zero-initialised weights (SGE, SA, "
+        "GC) leave exactly-zero int8 tensors that XNNPACK refuses",
+    )
     return parser.parse_args(argv)
 
 
@@ -117,6 +125,26 @@ def build_models(args, blocks):
     floor = resnet(50, "ge", name="floor_resnet50", **FLOOR_GATE, **kwargs)
     ordered = {PLAIN: models.pop(PLAIN), FLOOR: floor, **models}
     return ordered, skipped
+
+
+def randomize_blocks(models, seed):
+    """Draws every attention block's weights at random (variances positive), so that no
+    gate is a constant: zero-initialised gates are what an untrained network has, not a
+    trained one, and they make int8 graphs XNNPACK cannot take."""
+    from keras_chanattn.layers import AttentionLayer
+
+    rng = np.random.default_rng(seed)
+    for model in models.values():
+        for layer in model.layers:
+            if not isinstance(layer, AttentionLayer):
+                continue
+            for variable in layer.weights:
+                shape = tuple(variable.shape)
+                if "variance" in variable.path:
+                    value = rng.uniform(0.5, 1.5, shape)
+                else:
+                    value = rng.normal(0.0, 0.1, shape)
+                variable.assign(value.astype(variable.dtype))
 
 
 def fine_tune(models, args):
@@ -248,6 +276,8 @@ def main(argv=None):
     models, skipped = build_models(args, blocks)
     for label, reason in skipped.items():
         print(f"skipping {label}: {reason}", file=sys.stderr)
+    if args.block_init == "random":
+        randomize_blocks(models, args.seed)
     if args.fine_tune_epochs:
         fine_tune(models, args)
     classes = distinct_classes(models, held_out)
