@@ -9,7 +9,7 @@ from keras_chanattn.layers.cbam import (
     ConvGate,
     check_odd_kernel_size,
     spatial_arguments,
-    z_pool,
+    z_pool_maps,
 )
 from keras_chanattn.layers.common import AttentionLayer, channels_from_shape
 from keras_chanattn.layers.registry import register_attention
@@ -25,16 +25,17 @@ def triplet_gates(inputs, cw, hc, hw=None, training=None):
     plane pooled over C. Returns `(g_cw + g_hc + g_hw) / 3` (or the mean of the first
     two when `hw` is `None`); `x * gates` equals the reference's mean of `x * g` per branch.
     """
-    # (C, W) plane: pool over H -> (N, W, C, 2), rows over C as the reference's (N, H, C, W).
-    g_cw = cw(ops.transpose(z_pool(inputs, axis=1), (0, 2, 1, 3)), training=training)
-    g_cw = ops.transpose(g_cw, (0, 3, 2, 1))  # (N, C, W, 1) -> (N, 1, W, C)
-    # (H, C) plane: pool over W -> (N, H, C, 2), rows over H as the reference's (N, W, H, C).
-    g_hc = ops.transpose(hc(z_pool(inputs, axis=2), training=training), (0, 1, 3, 2))
+    # The max and mean maps stay apart (`z_pool_maps`): joined, full int8 gives them one scale.
+    # (C, W) plane: pool over H -> (N, W, C, 1) maps, rows over C as the reference's (N, H, C, W).
+    maps = [ops.transpose(m, (0, 2, 1, 3)) for m in z_pool_maps(inputs, axis=1)]
+    g_cw = ops.transpose(cw(maps, training=training), (0, 3, 2, 1))  # (N, C, W, 1) -> (N, 1, W, C)
+    # (H, C) plane: pool over W -> (N, H, C, 1) maps, rows over H as the reference's (N, W, H, C).
+    g_hc = ops.transpose(hc(z_pool_maps(inputs, axis=2), training=training), (0, 1, 3, 2))
     total = g_cw + g_hc  # (N, H, W, C)
     if hw is None:
         return total * 0.5
-    # (H, W) plane: pool over C -> (N, H, W, 2), CBAM's spatial gate.
-    return (total + hw(z_pool(inputs, axis=3), training=training)) * (1.0 / 3.0)
+    # (H, W) plane: pool over C -> (N, H, W, 1) maps, CBAM's spatial gate.
+    return (total + hw(z_pool_maps(inputs, axis=3), training=training)) * (1.0 / 3.0)
 
 
 @register_attention("triplet")
