@@ -133,18 +133,14 @@ def randomize_blocks(models, seed):
     trained one, and they make int8 graphs XNNPACK cannot take."""
     from keras_chanattn.layers import AttentionLayer
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.layer_cases import randomize_weights
+
     rng = np.random.default_rng(seed)
     for model in models.values():
         for layer in model.layers:
-            if not isinstance(layer, AttentionLayer):
-                continue
-            for variable in layer.weights:
-                shape = tuple(variable.shape)
-                if "variance" in variable.path:
-                    value = rng.uniform(0.5, 1.5, shape)
-                else:
-                    value = rng.normal(0.0, 0.1, shape)
-                variable.assign(value.astype(variable.dtype))
+            if isinstance(layer, AttentionLayer):
+                randomize_weights(layer, scale=0.1, rng=rng)
 
 
 def fine_tune(models, args):

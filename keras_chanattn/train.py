@@ -229,6 +229,7 @@ def fit_classifier(
         epochs=config.epochs,
         callbacks=all_callbacks,
         verbose=verbose,
+        shuffle=False,  # the training pipeline shuffles (a tf.data.Dataset ignores it)
     )
     logs = history.history
     summary = {

@@ -28,17 +28,17 @@ def _collect():
 CASES = _collect()
 
 
-def randomize_weights(layer, seed=0):
+def randomize_weights(layer, seed=0, scale=0.5, rng=None):
     """Sets every weight of a built layer to random values (positive for variances).
 
     Zero- and one-initialised weights would make parity tests blind to terms that
     multiply them, so the suite randomises everything first.
     """
-    rng = np.random.default_rng(seed)
+    rng = rng or np.random.default_rng(seed)
     for variable in layer.weights:
         shape = tuple(variable.shape)
         if "variance" in variable.path:
             value = rng.uniform(0.5, 1.5, shape)
         else:
-            value = rng.normal(0.0, 0.5, shape)
+            value = rng.normal(0.0, scale, shape)
         variable.assign(value.astype(variable.dtype))

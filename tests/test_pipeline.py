@@ -52,7 +52,10 @@ def test_main_job_end_to_end_reduced(tmp_path):
     for (variant, fmt), r in measured.items():
         size = (run_dir / variant / f"model_{fmt}.tflite").stat().st_size
         assert r["size_bytes"] == size and r["latency_median_ms"] > 0
-        assert r["partitions"] >= 0
+        report = json.loads((run_dir / variant / f"model_{fmt}.json").read_text())
+        assert r["partitions"] == report["xnnpack_partitions"]
+        if fmt == "float32":
+            assert r["partitions"] == 1
     assert measured[("plain", "float32")]["ratio_vs_plain"] == 1.0
     for plot in ("latency_overhead.png", "cost_vs_fidelity.png"):
         assert (run_dir / "bench" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
