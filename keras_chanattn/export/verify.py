@@ -79,13 +79,18 @@ DEFAULT_THRESHOLDS = {
     "float32": VerificationThresholds(1e-4, 0.99, 1e-4),
     # float16 weights, float32 activations: about 3 significant digits.
     "float16": VerificationThresholds(1e-2, 0.98, 1e-2),
-    # int8 weights, activations quantised on the fly.
-    "dynamic": VerificationThresholds(0.05, 0.98, 0.05),
-    # Everything int8. Probes drive activations outside the calibrated ranges, where int8
-    # saturates by design (relative errors of 0.4-0.7 on a small digits model whatever the
-    # block), so their error is reported, not enforced; NaNs and interpreter failures on
-    # them still fail, in every format.
-    "int8": VerificationThresholds(0.1, 0.98, None),
+    # int8 weights, activations quantised on the fly. On the main job's trained ResNet-20s
+    # (digits, 12 models, two runs) relative errors lay between 0.010 and 0.050 on
+    # held-out images and up to 0.061 on the probes: 0.05 failed sound exports.
+    "dynamic": VerificationThresholds(0.1, 0.98, 0.1),
+    # Everything int8. The relative error is a maximum over images: on the same trained
+    # ResNet-20s it lay between 0.031 and 0.129 from run to run for sound exports, and at
+    # 0.33-0.98 for the blocks that quantised pooled maxima and means with one scale (fixed
+    # since); 0.2 lies between. Top-1 agreement is the stricter check. Probes drive
+    # activations outside the calibrated ranges, where int8 saturates by design (relative
+    # errors of 0.4-1.0 whatever the block), so their error is reported, not enforced;
+    # NaNs and interpreter failures on them still fail, in every format.
+    "int8": VerificationThresholds(0.2, 0.98, None),
 }
 
 
