@@ -142,7 +142,8 @@ def test_fidelity_and_accuracy_figures(run):
     for row in result.rows:
         for key in ("top1_agreement", "probe_top1_agreement", "accuracy", "keras_accuracy"):
             assert 0.0 <= row[key] <= 1.0, key
-        assert row["relative_error"] >= 0 and row["max_abs_error"] >= 0
+        if row["format"] != "float32":  # quantised: never exact, or the wrong file was run
+            assert row["relative_error"] > 0 and row["max_abs_error"] > 0
         assert row["held_out_source"] == "validation_data"
         assert isinstance(row["verified"], bool)
         assert row["verified"] == (not row["failures"])

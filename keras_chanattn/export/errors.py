@@ -1,4 +1,22 @@
-"""The errors export raises besides `ValueError` (bad input) and `FileExistsError`."""
+"""The errors export raises besides `ValueError` (bad input) and `FileExistsError`, and the
+base of the reports they carry."""
+
+import dataclasses
+import json
+
+
+class CheckReport:
+    """Base of the export's report dataclasses: passed when `failures` is empty."""
+
+    @property
+    def passed(self):
+        return not self.failures
+
+    def to_dict(self):
+        return dataclasses.asdict(self) | {"passed": self.passed}
+
+    def to_json(self, indent=2):
+        return json.dumps(self.to_dict(), indent=indent)
 
 
 class ExportVerificationError(RuntimeError):

@@ -1,13 +1,12 @@
 """SavedModel export with a serving signature, checked by reloading it (`tf.saved_model.load`)."""
 
 import dataclasses
-import json
 import os
 
 import keras
 import numpy as np
 
-from keras_chanattn.export.errors import ExportVerificationError
+from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.files import atomic_output, check_output_path
 from keras_chanattn.export.inference import inference_model
 from keras_chanattn.export.inputs import image_input_spec, synthetic_images
@@ -73,7 +72,7 @@ def output_order(names):
 
 
 @dataclasses.dataclass
-class SavedModelReport:
+class SavedModelReport(CheckReport):
     """What `export_saved_model` wrote and how its reload compared with the Keras model.
 
     Attributes:
@@ -99,16 +98,6 @@ class SavedModelReport:
     relative_error: float
     tolerance: float
     failures: list = dataclasses.field(default_factory=list)
-
-    @property
-    def passed(self):
-        return not self.failures
-
-    def to_dict(self):
-        return dataclasses.asdict(self) | {"passed": self.passed}
-
-    def to_json(self, indent=2):
-        return json.dumps(self.to_dict(), indent=indent)
 
 
 def check_saved_model(directory, model, spec, batch_size, images, tolerance):

@@ -28,12 +28,11 @@ names of the exported graph (e.g. `functional_1/squeeze_excite_1/Sigmoid`).
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
-from keras_chanattn.export.errors import ExportVerificationError
+from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
 from keras_chanattn.export.inputs import (
     as_images,
@@ -156,7 +155,7 @@ def compare_outputs(got, want):
 
 
 @dataclasses.dataclass
-class VerificationReport:
+class VerificationReport(CheckReport):
     """Everything `verify_tflite` measured and checked; `to_json()` serialises it.
 
     Attributes:
@@ -205,16 +204,6 @@ class VerificationReport:
     probe_errors: dict = dataclasses.field(default_factory=dict)
     thresholds: VerificationThresholds | None = None
     failures: list = dataclasses.field(default_factory=list)
-
-    @property
-    def passed(self):
-        return not self.failures
-
-    def to_dict(self):
-        return dataclasses.asdict(self) | {"passed": self.passed}
-
-    def to_json(self, indent=2):
-        return json.dumps(self.to_dict(), indent=indent)
 
     def summary(self):
         """A few lines for people: the figures that decide whether the export is usable."""

@@ -15,6 +15,7 @@ from keras_chanattn.layers.common import (
     check_choice,
     check_positive_float,
     check_positive_int,
+    expand_hw,
     gate,
     spatial_max,
     spatial_mean,
@@ -232,10 +233,6 @@ class ConvGate(keras.layers.Layer):
         return config
 
 
-def _expand_hw(t):
-    return ops.expand_dims(ops.expand_dims(t, 1), 1)
-
-
 def _require_built(layer):
     if not layer.built:
         raise ValueError("Build the layer (call it on an input) before folding it.")
@@ -335,7 +332,7 @@ class ChannelAttention(AttentionLayer):
         # much larger maxima (measured on a trained ResNet-20: relative error 0.33).
         s = self.expand(self.reduce(spatial_mean(inputs, keepdims=False)))
         s = s + self.expand(self.reduce(spatial_max(inputs, keepdims=False)))
-        return inputs * _expand_hw(gate(s, self.gate_activation))
+        return inputs * expand_hw(gate(s, self.gate_activation))
 
     def get_config(self):
         config = super().get_config()

@@ -82,6 +82,11 @@ def gate(x, name):
     raise ValueError(f"Unknown gate activation {name!r}; valid names are {list(GATE_ACTIVATIONS)}.")
 
 
+def expand_hw(t):
+    """`(N, C)` -> `(N, 1, 1, C)`: a per-channel vector shaped to scale an NHWC map."""
+    return ops.expand_dims(ops.expand_dims(t, 1), 1)
+
+
 def spatial_mean(x, keepdims=True):
     """Mean over height and width, computed in float32 and cast back to `x.dtype`."""
     mean = ops.mean(ops.cast(x, "float32"), axis=(1, 2), keepdims=keepdims)

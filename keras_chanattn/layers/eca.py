@@ -12,6 +12,7 @@ from keras_chanattn.layers.common import (
     check_choice,
     check_positive_float,
     check_positive_int,
+    expand_hw,
     gate,
     spatial_mean,
 )
@@ -88,7 +89,7 @@ class EfficientChannelAttention(AttentionLayer):
         s = ops.expand_dims(spatial_mean(inputs, keepdims=False), -1)  # (N, C, 1)
         s = ops.conv(s, self.kernel, strides=1, padding="same", data_format="channels_last")
         s = gate(ops.squeeze(s, -1), self.gate_activation)
-        return inputs * ops.expand_dims(ops.expand_dims(s, 1), 1)
+        return inputs * expand_hw(s)
 
     def get_config(self):
         config = super().get_config()

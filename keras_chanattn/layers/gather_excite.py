@@ -11,6 +11,7 @@ from keras_chanattn.layers.common import (
     check_positive_float,
     check_positive_int,
     config_activation,
+    expand_hw,
     gate,
     spatial_mean,
 )
@@ -336,7 +337,7 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
             z = ops.cast(tile_mean(inputs, self.extent), self.compute_dtype)
             return gate_tiles(inputs, self._excite(z), self.extent)
         g = self._excite(z)
-        return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
+        return inputs * expand_hw(g)
 
     def inference_layer(self):
         """Returns a `FoldedGatherExcite` with the BatchNorm folded into the gather.
@@ -440,7 +441,7 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
         self._check_spatial_size(inputs)
         z = _grouped_gather(inputs, self.gather_kernel) + ops.cast(self.gather_bias, "float32")
         g = self._excite(ops.cast(z, self.compute_dtype))
-        return inputs * ops.expand_dims(ops.expand_dims(g, 1), 1)
+        return inputs * expand_hw(g)
 
     def get_config(self):
         config = super().get_config()

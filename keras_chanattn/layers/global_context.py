@@ -9,6 +9,7 @@ from keras_chanattn.layers.common import (
     check_choice,
     check_positive_float,
     check_positive_int,
+    expand_hw,
     spatial_mean,
 )
 from keras_chanattn.layers.registry import register_attention
@@ -119,7 +120,7 @@ class GlobalContext(AttentionLayer):
     def call(self, inputs):
         t = self.reduce(self._context(inputs))
         t = self.expand(ops.relu(self.norm(t)))
-        t = ops.expand_dims(ops.expand_dims(t, 1), 1)
+        t = expand_hw(t)
         if self.fusion == "add":
             return inputs + t
         return inputs * ops.sigmoid(t)
@@ -150,10 +151,6 @@ class GlobalContext(AttentionLayer):
             }
         )
         return config
-
-
-def _expand_hw(t):
-    return ops.expand_dims(ops.expand_dims(t, 1), 1)
 
 
 _ARGUMENTS = ("reduction", "min_channels", "divisor", "pooling", "fusion", "epsilon")
@@ -220,9 +217,9 @@ class GlobalContextInference(GlobalContext):
         kernel, bias = (ops.cast(w, "float32") for w in (self.expand.kernel, self.expand.bias))
         if self.fusion == "mul":
             gate = ops.sigmoid(ops.matmul(h, kernel) + bias)
-            return inputs * _expand_hw(ops.cast(gate, self.compute_dtype))
+            return inputs * expand_hw(ops.cast(gate, self.compute_dtype))
         negated = ops.matmul(h, -kernel) - bias
-        return inputs - _expand_hw(ops.cast(negated, self.compute_dtype))
+        return inputs - expand_hw(ops.cast(negated, self.compute_dtype))
 
     def inference_layer(self):
         return self

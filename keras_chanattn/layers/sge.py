@@ -76,12 +76,7 @@ class SpatialGroupEnhance(AttentionLayer):
         self.bias = self.add_weight(name="bias", shape=(self.groups,), initializer="ones")
 
     def call(self, inputs):
-        shape = ops.shape(inputs)
-        channels = inputs.shape[-1]
-        # (N, H, W, G, C/G): group g is channels [g * C/G, (g + 1) * C/G).
-        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, channels // self.groups))
-        x32 = ops.cast(x, "float32")
-        t = ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)  # (N, H, W, G)
+        x, t = _group_similarity(inputs, self.groups)
         # Two passes (centre, then square) on every backend: t can be large (x^2 summed).
         t = t - ops.mean(t, axis=(1, 2), keepdims=True)
         n = spatial_size(t)
@@ -89,8 +84,7 @@ class SpatialGroupEnhance(AttentionLayer):
         var = ops.sum(ops.square(t), axis=(1, 2), keepdims=True) / dof
         t = t / (ops.sqrt(ops.maximum(var, _VARIANCE_FLOOR)) + self.epsilon)
         g = ops.sigmoid(t * ops.cast(self.weight, "float32") + ops.cast(self.bias, "float32"))
-        out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
-        return ops.reshape(out, (-1, shape[1], shape[2], channels))
+        return _scale_groups(inputs, x, g)
 
     def inference_layer(self):
         """Returns a `SpatialGroupEnhanceInference` with the same weights (same outputs)."""
@@ -149,11 +143,7 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
     export_float_ops = ("MAXIMUM", "SQRT", "ADD", "DIV")
 
     def call(self, inputs):
-        shape = ops.shape(inputs)
-        channels = inputs.shape[-1]
-        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, channels // self.groups))
-        x32 = ops.cast(x, "float32")
-        t = ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)  # (N, H, W, G)
+        x, t = _group_similarity(inputs, self.groups)
         low = ops.min(t, axis=(1, 2), keepdims=True)
         # Any positive spread gives the same outputs; the floor only avoids 0 / 0.
         spread = ops.maximum(ops.max(t, axis=(1, 2), keepdims=True) - low, self.epsilon)
@@ -168,8 +158,25 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
         scale = ops.cast(self.weight, "float32") / (std + self.epsilon / spread)
         logits = u * scale - (u_mean * scale - ops.cast(self.bias, "float32"))
         g = ops.sigmoid(logits)
-        out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
-        return ops.reshape(out, (-1, shape[1], shape[2], channels))
+        return _scale_groups(inputs, x, g)
 
     def inference_layer(self):
         return self
+
+
+def _group_similarity(inputs, groups):
+    """`(x, t)`: the input split into groups, `(N, H, W, G, C/G)` (group g is channels
+    `[g * C/G, (g + 1) * C/G)`), and each position's similarity to its group's mean
+    vector, `t = sum_c x * mean_HW(x)`, `(N, H, W, G)` in float32."""
+    shape = ops.shape(inputs)
+    channels = inputs.shape[-1]
+    x = ops.reshape(inputs, (-1, shape[1], shape[2], groups, channels // groups))
+    x32 = ops.cast(x, "float32")
+    return x, ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)
+
+
+def _scale_groups(inputs, x, g):
+    """Scales the grouped `x` by the per-position, per-group gate `g`; back to NHWC."""
+    shape = ops.shape(inputs)
+    out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
+    return ops.reshape(out, (-1, shape[1], shape[2], inputs.shape[-1]))

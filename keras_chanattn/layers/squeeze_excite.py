@@ -1,7 +1,6 @@
 """Squeeze-and-Excitation Networks (Hu et al., CVPR 2018): https://arxiv.org/abs/1709.01507"""
 
 import keras
-from keras import ops
 
 from keras_chanattn.layers.common import (
     GATE_ACTIVATIONS,
@@ -11,6 +10,7 @@ from keras_chanattn.layers.common import (
     check_positive_float,
     check_positive_int,
     config_activation,
+    expand_hw,
     gate,
     make_divisible,
     spatial_max,
@@ -98,7 +98,7 @@ class SqueezeExcite(AttentionLayer):
         pool = spatial_mean if self.pooling == "avg" else spatial_max
         s = pool(inputs, keepdims=False)
         s = gate(self.expand(self.reduce(s)), self.gate_activation)
-        return inputs * ops.expand_dims(ops.expand_dims(s, 1), 1)
+        return inputs * expand_hw(s)
 
     def get_config(self):
         config = super().get_config()

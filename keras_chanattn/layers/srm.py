@@ -7,14 +7,11 @@ from keras_chanattn.layers.common import (
     AttentionLayer,
     channels_from_shape,
     check_positive_float,
+    expand_hw,
     spatial_size,
     style_moments,
 )
 from keras_chanattn.layers.registry import register_attention
-
-
-def _expand_hw(t):
-    return ops.expand_dims(ops.expand_dims(t, 1), 1)
 
 
 @register_attention("srm")
@@ -98,7 +95,7 @@ class StyleRecalibration(AttentionLayer):
         cfc = ops.cast(self.cfc, "float32")
         z = mean * cfc[:, 0] + std * cfc[:, 1]
         z = self.bn(ops.cast(z, self.compute_dtype), training=training)
-        return inputs * _expand_hw(ops.sigmoid(z))
+        return inputs * expand_hw(ops.sigmoid(z))
 
     def inference_layer(self):
         """Returns a `FoldedStyleRecalibration` with the BatchNorm folded into the CFC."""
@@ -194,12 +191,11 @@ class FoldedStyleRecalibration(AttentionLayer):
     def call(self, inputs):
         kernel = ops.cast(self.kernel, "float32")
         x = ops.cast(inputs, "float32")
+        norm = 1.0
         if self.scale_statistics:
             norm = ops.sqrt(ops.sum(kernel * kernel, axis=1))
             norm = ops.where(norm > 0.0, norm, 1.0)
             x = x * norm
-        else:
-            norm = ops.ones_like(kernel[:, 0])
         mean = ops.mean(x, axis=(1, 2), keepdims=True)
         centred = x - mean
         var = ops.mean(centred * centred, axis=(1, 2), keepdims=True)
