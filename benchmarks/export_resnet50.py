@@ -11,8 +11,9 @@ each to full int8 TFLite (int8 input and output) through `keras_chanattn.export`
   one scaling pass;
 - one model per registered block (or `--blocks`), with the papers' settings where the
   package knows them (ECA's kernel sizes 3, 5, 5, 7 per stage);
-- `srm_unscaled` beside `srm`: SRM exported without its channel scaling
-  (`scale_statistics=False`), one int8 pass fewer per block, less faithful.
+- `srm_scaled` beside `srm`: SRM exported with its channel scaling
+  (`scale_statistics=True`), one more int8 pass per block, kept faithful where channels'
+  spreads differ widely.
 
 All models are timed in ONE interleaved run (`keras_chanattn.bench`: every round invokes
 each model once in a shuffled order, `--threads` threads, XNNPACK), so that the ratios to
@@ -54,11 +55,11 @@ FLOOR = "floor"
 PLAIN = "plain"
 # The floor gate: Gather-Excite's parameter-free global variant.
 FLOOR_GATE = {"extent": None, "parametric": False, "use_mlp": False, "gate_activation": "sigmoid"}
-# SRM's inference form without its channel scaling (`scale_statistics=False`): one int8
-# pass fewer over each map, less faithful (see FoldedStyleRecalibration).
-SRM_UNSCALED = "srm_unscaled"
+# SRM's inference form with its channel scaling (`scale_statistics=True`): one more int8
+# pass over each map (see FoldedStyleRecalibration).
+SRM_SCALED = "srm_scaled"
 # Issue 6: the largest latency ratio to the floor allowed per block (others: reported).
-GOALS = {"se": 1.03, "eca": 1.03, "ge": 1.03, "srm": 1.10, SRM_UNSCALED: 1.10}
+GOALS = {"se": 1.03, "eca": 1.03, "ge": 1.03, "srm": 1.10}
 
 
 def parse_args(argv=None):
@@ -130,8 +131,8 @@ def build_models(args, blocks):
     floor = resnet(50, "ge", name="floor_resnet50", **FLOOR_GATE, **kwargs)
     ordered = {PLAIN: models.pop(PLAIN), FLOOR: floor, **models}
     if "srm" in models:
-        ordered[SRM_UNSCALED] = resnet(
-            50, "srm", name="srm_unscaled_resnet50", scale_statistics=False, **kwargs
+        ordered[SRM_SCALED] = resnet(
+            50, "srm", name="srm_scaled_resnet50", scale_statistics=True, **kwargs
         )
     return ordered, skipped
 

@@ -12,7 +12,7 @@ Every write is atomic and refuses to replace an existing artefact unless `overwr
 """
 
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
-from keras_chanattn.export.inference import declared_float_ops, inference_model
+from keras_chanattn.export.inference import declared_float_ops, export_hints, inference_model
 from keras_chanattn.export.inputs import ImageSpec, image_input_spec, probe_images
 from keras_chanattn.export.saved_model import SavedModelReport, export_saved_model
 from keras_chanattn.export.tflite import convert_tflite, export_tflite
@@ -39,6 +39,7 @@ __all__ = [
     "convert_tflite",
     "declared_float_ops",
     "default_thresholds",
+    "export_hints",
     "export_saved_model",
     "export_tflite",
     "image_input_spec",

@@ -33,8 +33,12 @@ class ExportVerificationError(RuntimeError):
     def __init__(self, report):
         self.report = report
         what = getattr(report, "quantization", None) or "SavedModel"
+        hints = getattr(report, "hints", None) or []
         super().__init__(
-            f"Export verification failed ({what}): " + "; ".join(report.failures) + "."
+            f"Export verification failed ({what}): "
+            + "; ".join(report.failures)
+            + "."
+            + "".join(f" Hint: {hint}." for hint in hints)
         )
 
 

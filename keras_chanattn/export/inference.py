@@ -113,6 +113,20 @@ def declared_float_ops(model):
     return declared
 
 
+def export_hints(model, quantization):
+    """Advice from the layers of `model` for an export to `quantization` that failed.
+
+    Read from the layers' `export_hint(quantization)` methods (a sentence, or `None`).
+    """
+    hints = []
+    for layer in _walk_layers(model):
+        hint = getattr(layer, "export_hint", None)
+        hint = hint(quantization) if callable(hint) else None
+        if hint:
+            hints.append(hint)
+    return hints
+
+
 def layer_names(model):
     """Names of every layer of `model` (nested models included), for attributing TFLite ops."""
     return [layer.name for layer in _walk_layers(model)]

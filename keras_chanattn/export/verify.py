@@ -33,7 +33,12 @@ import os
 import numpy as np
 
 from keras_chanattn.export.errors import CheckReport, ExportVerificationError
-from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
+from keras_chanattn.export.inference import (
+    declared_float_ops,
+    export_hints,
+    inference_model,
+    layer_names,
+)
 from keras_chanattn.export.inputs import (
     as_images,
     image_input_spec,
@@ -181,6 +186,8 @@ class VerificationReport(CheckReport):
         probe_errors: max abs error per probe, `{name: error}`.
         thresholds: the limits enforced.
         failures: the failed checks; empty when the model passed.
+        hints: when a check failed, what the model's layers suggest trying (their
+            `export_hint`); empty otherwise.
     """
 
     quantization: str
@@ -204,6 +211,7 @@ class VerificationReport(CheckReport):
     probe_errors: dict = dataclasses.field(default_factory=dict)
     thresholds: VerificationThresholds | None = None
     failures: list = dataclasses.field(default_factory=list)
+    hints: list = dataclasses.field(default_factory=list)
 
     def summary(self):
         """A few lines for people: the figures that decide whether the export is usable."""
@@ -225,6 +233,7 @@ class VerificationReport(CheckReport):
         if floats:
             lines.append(f"  float ops: {', '.join(floats)}")
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
+        lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
 
 
@@ -655,6 +664,8 @@ def run_verification(
             min_top1,
             t.max_abs_error if label.startswith("held") else None,
         )
+    if failures:
+        report.hints = export_hints(model, quantization)
     return report
 
 

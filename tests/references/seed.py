@@ -85,7 +85,7 @@ CASES = [
             ({"bn_momentum": 1.5}, "bn_momentum"),
             ({"bn_epsilon": 0}, "bn_epsilon"),
         ],
-        extra_kwargs=[{"unbiased": False}, {"epsilon": 1e-3, "scale_statistics": False}],
+        extra_kwargs=[{"unbiased": False}, {"epsilon": 1e-3, "scale_statistics": True}],
     ),
     LayerCase(
         name="eca",
