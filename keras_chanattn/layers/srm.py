@@ -162,12 +162,13 @@ class FoldedStyleRecalibration(AttentionLayer):
     With `scale_statistics`, each channel is first multiplied by the norm `|(a_c, b_c)|` of
     its CFC weights (undone in the weights after pooling), so that int8's per-tensor scales
     resolve best the statistics the gate depends on most, at one more int8 pass over the
-    map: on ResNet-50 (224x224, full int8, 2 threads) about 1.15x the parameter-free gate
-    `x * sigmoid(GAP(x))` against about 1.08x without it (`benchmarks/export_resnet50.py`
-    prints both forms). Without it (the default), a low-variance channel with a large
-    weight can lose its standard deviation to int8 rounding. Where SRM sits in the papers'
-    place (on a BatchNorm output, before the residual add), the two forms measured the same
-    on the main job's trained ResNet-20. After a ReLU, on the export tests' small digits
+    map: on ResNet-50 (224x224, full int8, 2 threads) 1.14-1.15x the parameter-free gate
+    `x * sigmoid(GAP(x))` against 1.06-1.08x without it in two runs
+    (`benchmarks/export_resnet50.py` prints both forms). Without it (the default), a
+    low-variance channel with a large weight can lose its standard deviation to int8
+    rounding. Where SRM sits in the papers' place (on a BatchNorm output, before the
+    residual add), the two forms measured the same on the main job's trained ResNet-20
+    (`benchmarks/srm_forms.py`). After a ReLU, on the export tests' small digits
     classifier, the default form lost top-1 agreement (0.96 against 0.99 scaled) and failed
     the verification, whose report then names this option (`export_hint`). Float formats
     compute the same outputs either way.

@@ -1,0 +1,76 @@
+"""The ResNet-50 benchmark script's argument checks and its models built from pretrained
+weights on disk (at 32x32, with a weights file the test writes)."""
+
+import functools
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_chanattn.layers import AttentionLayer
+
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "export_resnet50.py"
+)
+
+
+@functools.cache
+def script():
+    spec = importlib.util.spec_from_file_location("export_resnet50", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def test_weights_must_be_a_file_and_need_fine_tuning(tmp_path, capsys):
+    bench = script()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--weights", str(tmp_path / "missing.h5"), "--fine-tune-epochs", "1"])
+    error = capsys.readouterr().err
+    assert "no such file" in error and bench.PRETRAINED_FILE in error
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--weights", str(path)])
+    assert "--fine-tune-epochs" in capsys.readouterr().err
+
+
+def test_every_model_starts_from_the_weights_file(tmp_path):
+    bench = script()
+    keras.utils.set_random_seed(0)
+    source = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    argv = ["--weights", str(path), "--fine-tune-epochs", "1", "--image-size", "32"]
+    models, skipped = bench.build_models(bench.parse_args(argv), ["se", "srm"])
+    assert skipped == {}
+    assert list(models) == ["plain", "floor", "se", "srm", "srm_scaled"]
+    want = {
+        name: source.get_layer(name).get_weights() for name in ("conv1_conv", "conv5_block3_3_bn")
+    }
+    for label, model in models.items():
+        layers = list(_layers(model))
+        blocks = [layer for layer in layers if isinstance(layer, AttentionLayer)]
+        assert len(blocks) == (0 if label == "plain" else 16), label
+        checked = [layer for layer in layers if layer.name in want]
+        assert sorted(layer.name for layer in checked) == sorted(want), label
+        for layer in checked:
+            for got, expected in zip(layer.get_weights(), want[layer.name], strict=True):
+                np.testing.assert_array_equal(got, expected, err_msg=f"{label} {layer.name}")
+        assert model.output_shape == (None, 10)
+    scaled = [b.scale_statistics for b in _layers(models["srm_scaled"]) if hasattr(b, "cfc")]
+    assert scaled == [True] * 16
+    # Each model owns its variables: fine-tuning one leaves the others alone.
+    variables = [id(v) for model in models.values() for v in model.weights]
+    assert len(variables) == len(set(variables))
