@@ -280,6 +280,16 @@ def report(result, classes, args, how, elapsed):
         f"interleaved across all models (shuffled each round) after {args.warmup} warm-up "
         "rounds; one run.",
         f"Data: {how}.",
+        "Backbone: "
+        + (
+            "the package's ResNet-50 (torchvision v1.5), random initialisation"
+            if args.weights is None
+            else f"keras.applications.ResNet50 (v1) with the weights of {args.weights}, the "
+            "blocks inserted by add_attention"
+        )
+        + (
+            f", then fine-tuned {args.fine_tune_epochs} epoch(s)." if args.fine_tune_epochs else "."
+        ),
         "",
         header,
         "-" * len(header),
