@@ -249,15 +249,17 @@ def randomize_blocks(models, seed):
                 randomize_weights(layer, scale=0.1, rng=rng)
 
 
-def pretrain(args, out):
+def pretrain(args, out, data=None):
     """Trains the plain keras.applications.ResNet50 (the model `pretrained_builder` wraps)
-    from scratch on the digits, saves its weights without the head into `out` and returns
-    the file's path: the weights every model of the comparison then starts from."""
+    from scratch on `data` (default: the digits at the input size), saves its weights
+    without the head into `out` and returns the file's path: the weights every model of the
+    comparison then starts from. An existing file is kept unless `--overwrite`."""
     from keras_chanattn.data import digits_data
-    from keras_chanattn.export.files import atomic_output
+    from keras_chanattn.export.files import atomic_output, check_output_path
     from keras_chanattn.train import TrainConfig, fit_classifier
 
     path = os.path.join(out, DIGITS_PRETRAINED_FILE)
+    check_output_path(path, args.overwrite, "file")  # before the training, not after it
     build = pretrained_builder(None)
     size = args.image_size
     config = TrainConfig(
@@ -271,7 +273,7 @@ def pretrain(args, out):
     print(f"pretraining the plain ResNet-50 from scratch for {args.pretrain_epochs} epoch(s)")
     model, summary = fit_classifier(
         lambda: build(None, "pretrain_resnet50", (size, size, 3), 10, None),
-        digits_data(size, seed=args.seed),
+        data or digits_data(size, seed=args.seed),
         config,
         verbose=2,
     )

@@ -1,6 +1,7 @@
 """The ResNet-50 benchmark script's argument checks and its models built from pretrained
 weights on disk (at 32x32, with a weights file the test writes)."""
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -74,3 +75,69 @@ def test_every_model_starts_from_the_weights_file(tmp_path):
     # Each model owns its variables: fine-tuning one leaves the others alone.
     variables = [id(v) for model in models.values() for v in model.weights]
     assert len(variables) == len(set(variables))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pretrain-epochs", "1"], "--fine-tune-epochs"),
+        (["--pretrain-epochs", "-1", "--fine-tune-epochs", "1"], ">= 0"),
+        (["--fine-tune-epochs", "-2"], ">= 0"),
+    ],
+)
+def test_pretrain_arguments_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        script().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_pretrain_and_weights_exclude_each_other(tmp_path, capsys):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"")
+    argv = ["--weights", str(path), "--pretrain-epochs", "1", "--fine-tune-epochs", "1"]
+    with pytest.raises(SystemExit):
+        script().parse_args(argv)
+    assert "give one of them" in capsys.readouterr().err
+
+
+def _tiny_digits(size, count):
+    from keras_chanattn.data import digits_data
+
+    data = digits_data(size)
+    return dataclasses.replace(
+        data, train=data.train.take(count), validation=data.validation.take(count)
+    )
+
+
+@pytest.mark.slow
+def test_pretrained_weights_are_what_every_model_starts_from(tmp_path):
+    """`--pretrain-epochs`: the trained backbone's weights land in the output folder, in the
+    form `--weights` reads, and every model of the comparison is built from them."""
+    bench = script()
+    keras.utils.set_random_seed(0)
+    argv = ["--pretrain-epochs", "1", "--fine-tune-epochs", "1", "--image-size", "32"]
+    args = bench.parse_args(argv)
+    path = bench.pretrain(args, str(tmp_path), data=_tiny_digits(32, 8))
+    assert path == str(tmp_path / bench.DIGITS_PRETRAINED_FILE)
+    assert sorted(os.listdir(tmp_path)) == [bench.DIGITS_PRETRAINED_FILE]  # no leftovers
+    fresh = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    loaded = keras.applications.ResNet50(
+        include_top=False, weights=path, input_shape=(32, 32, 3), pooling="avg"
+    )
+    # Trained: the loaded convolution differs from a fresh initialisation's.
+    assert not np.allclose(
+        fresh.get_layer("conv1_conv").get_weights()[0],
+        loaded.get_layer("conv1_conv").get_weights()[0],
+    )
+    args.weights = path
+    models, _ = bench.build_models(args, ["se"])
+    want = loaded.get_layer("conv5_block3_3_conv").get_weights()[0]
+    for label, model in models.items():
+        got = [layer for layer in _layers(model) if layer.name == "conv5_block3_3_conv"]
+        assert len(got) == 1, label
+        np.testing.assert_array_equal(got[0].get_weights()[0], want, err_msg=label)
+    # A second run does not replace the file unless asked, and says so before training.
+    with pytest.raises(FileExistsError):
+        bench.pretrain(args, str(tmp_path), data=_tiny_digits(32, 8))
