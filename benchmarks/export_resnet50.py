@@ -249,6 +249,20 @@ def randomize_blocks(models, seed):
                 randomize_weights(layer, scale=0.1, rng=rng)
 
 
+def train_config(epochs, learning_rate, seed):
+    """The recipe of both trainings here: AdamW, batch 32, a one-epoch warm-up, cosine."""
+    from keras_chanattn.train import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=32,
+        optimizer="adamw",
+        learning_rate=learning_rate,
+        weight_decay=0.05,
+        seed=seed,
+    )
+
+
 def pretrain(args, out, data=None):
     """Trains the plain keras.applications.ResNet50 (the model `pretrained_builder` wraps)
     from scratch on `data` (default: the digits at the input size), saves its weights
@@ -256,20 +270,13 @@ def pretrain(args, out, data=None):
     comparison then starts from. An existing file is kept unless `--overwrite`."""
     from keras_chanattn.data import digits_data
     from keras_chanattn.export.files import atomic_output, check_output_path
-    from keras_chanattn.train import TrainConfig, fit_classifier
+    from keras_chanattn.train import fit_classifier
 
     path = os.path.join(out, DIGITS_PRETRAINED_FILE)
     check_output_path(path, args.overwrite, "file")  # before the training, not after it
     build = pretrained_builder(None)
     size = args.image_size
-    config = TrainConfig(
-        epochs=args.pretrain_epochs,
-        batch_size=32,
-        optimizer="adamw",
-        learning_rate=2e-3,
-        weight_decay=0.05,
-        seed=args.seed,
-    )
+    config = train_config(args.pretrain_epochs, 2e-3, args.seed)
     print(f"pretraining the plain ResNet-50 from scratch for {args.pretrain_epochs} epoch(s)")
     model, summary = fit_classifier(
         lambda: build(None, "pretrain_resnet50", (size, size, 3), 10, None),
@@ -292,17 +299,10 @@ def pretrain(args, out, data=None):
 
 def fine_tune(models, args):
     from keras_chanattn.data import digits_data
-    from keras_chanattn.train import TrainConfig, fit_classifier
+    from keras_chanattn.train import fit_classifier
 
     data = digits_data(args.image_size, seed=args.seed)
-    config = TrainConfig(
-        epochs=args.fine_tune_epochs,
-        batch_size=32,
-        optimizer="adamw",
-        learning_rate=1e-3,
-        weight_decay=0.05,
-        seed=args.seed,
-    )
+    config = train_config(args.fine_tune_epochs, 1e-3, args.seed)
     for label, model in models.items():
         print(f"fine-tuning {label} for {args.fine_tune_epochs} epoch(s)")
         models[label], summary = fit_classifier(lambda m=model: m, data, config, verbose=2)
