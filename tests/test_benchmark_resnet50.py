@@ -83,6 +83,7 @@ def test_every_model_starts_from_the_weights_file(tmp_path):
         (["--pretrain-epochs", "1"], "--fine-tune-epochs"),
         (["--pretrain-epochs", "-1", "--fine-tune-epochs", "1"], ">= 0"),
         (["--fine-tune-epochs", "-2"], ">= 0"),
+        (["--fine-tune-epochs", "1", "--fine-tune-lr", "0"], "--fine-tune-lr must be > 0"),
     ],
 )
 def test_pretrain_arguments_are_checked(argv, message, capsys):
