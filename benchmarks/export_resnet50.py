@@ -152,10 +152,9 @@ def parse_args(argv=None):
         parser.error(
             "--pretrain-epochs trains the weights that --weights would read: give one of them."
         )
-    given = {"--weights": args.weights is not None, "--pretrain-epochs": args.pretrain_epochs}
-    for flag in (flag for flag, on in given.items() if on):
-        if not args.fine_tune_epochs:
-            parser.error(f"{flag} needs --fine-tune-epochs N (the 10-class head is new).")
+    if (args.weights is not None or args.pretrain_epochs) and not args.fine_tune_epochs:
+        flag = "--weights" if args.weights is not None else "--pretrain-epochs"
+        parser.error(f"{flag} needs --fine-tune-epochs N (the 10-class head is new).")
     return args
 
 
