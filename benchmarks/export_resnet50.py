@@ -74,6 +74,8 @@ FLOOR_GATE = {"extent": None, "parametric": False, "use_mlp": False, "gate_activ
 SRM_SCALED = "srm_scaled"
 # Issue 6: the largest latency ratio to the floor allowed per block (others: reported).
 GOALS = {"se": 1.03, "eca": 1.03, "ge": 1.03, "srm": 1.10}
+# Top-1 agreement of the int8 model with the float one, after a fine-tune (issue 6).
+AGREEMENT_GOAL = 0.99
 
 
 # keras.applications.ResNet50's ImageNet weights without the classifier, as Keras names the
@@ -106,6 +108,13 @@ def parse_args(argv=None):
         default=1e-4,
         help="peak AdamW learning rate of the fine-tune (1e-3 measured too high: a "
         "pretrained ResNet-50's validation accuracy fell from 0.98 to 0.13 in one epoch)",
+    )
+    parser.add_argument(
+        "--recalibrate-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the fine-tune, re-estimate every BatchNorm's statistics on the training "
+        "images (default: on; one epoch leaves them lagging the weights)",
     )
     parser.add_argument("--out", default=None, help="default: export/runs/bench-resnet50-<time>")
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
@@ -307,15 +316,33 @@ def pretrain(args, out, data=None):
 
 
 def fine_tune(models, args):
+    """Fine-tunes every model on the digits, then (unless `--no-recalibrate-bn`)
+    re-estimates its BatchNorm statistics on the unaugmented training images. Returns
+    `{label: (validation accuracy after the fine-tune, after the recalibration or None)}`."""
     from keras_chanattn.data import digits_data
-    from keras_chanattn.train import fit_classifier
+    from keras_chanattn.train import fit_classifier, recalibrate_batch_norm
 
     data = digits_data(args.image_size, seed=args.seed)
     config = train_config(args.fine_tune_epochs, args.fine_tune_lr, args.seed)
+    accuracy = {}
     for label, model in models.items():
         print(f"fine-tuning {label} for {args.fine_tune_epochs} epoch(s)")
         models[label], summary = fit_classifier(lambda m=model: m, data, config, verbose=2)
         print(f"  validation accuracy {summary['val_accuracy']:.4f}")
+        recalibrated = None
+        if args.recalibrate_bn:
+            count = recalibrate_batch_norm(models[label], data.train, config.batch_size)
+            recalibrated = validation_accuracy(models[label], data)
+            print(f"  after recalibrating {count} BatchNorm layers: {recalibrated:.4f}")
+        accuracy[label] = (summary["val_accuracy"], recalibrated)
+    return accuracy
+
+
+def validation_accuracy(model, data):
+    from keras_chanattn.export.saved_model import keras_outputs
+
+    images, labels = (np.stack(a) for a in zip(*data.validation.as_numpy_iterator(), strict=True))
+    return float(np.mean(np.argmax(keras_outputs(model, images, 32)[0], 1) == labels))
 
 
 def distinct_classes(models, held_out):
@@ -334,12 +361,17 @@ def op_summary(entries):
     return ", ".join(f"{op} x{n}" for op, n in counts.most_common()) or "-"
 
 
-def goal(label, row, floor_ratio):
+def goal(label, row, floor_ratio, fine_tuned=False):
+    """The issue's goals for one block's row: one partition, its latency limit, and (after
+    a fine-tune, where the figure means something) top-1 agreement >= 99%."""
     if label in (PLAIN, FLOOR):
         return ""
     misses = []
     if row["partitions"] != 1:
         misses.append(f"{row['partitions']} partitions")
+    agreement = row["top1_agreement"]
+    if fine_tuned and (agreement is None or agreement < AGREEMENT_GOAL):
+        misses.append(f"top-1 agr < {AGREEMENT_GOAL:.2f}")
     limit = GOALS.get(label)
     if limit is not None and (floor_ratio is None or floor_ratio > limit):
         misses.append(f"> {limit:.2f}x floor")
@@ -348,7 +380,7 @@ def goal(label, row, floor_ratio):
     return "met" if limit is not None else "1 partition"
 
 
-def report(result, classes, args, how, elapsed):
+def report(result, classes, accuracy, args, how, elapsed):
     header = (
         f"{'model':<18}{'median ms':>10}{'p90 ms':>9}{'/floor':>8}{'/plain':>8}{'parts':>6}"
         f"{'MiB':>7}{'top-1 agr':>10}{'classes':>8}{'probe agr':>10}{'probe err':>10}  goal"
@@ -397,7 +429,8 @@ def report(result, classes, args, how, elapsed):
             f"{row['size_bytes'] / 2**20:>7.2f}"
             f"{'-' if agreement is None else f'{agreement:.3f}':>10}{classes[label]:>8}"
             f"{'-' if probe is None else f'{probe:.3f}':>10}"
-            f"{row['probe_relative_error']:>10.3f}  {goal(label, row, floor_ratio)}"
+            f"{row['probe_relative_error']:>10.3f}  "
+            f"{goal(label, row, floor_ratio, bool(args.fine_tune_epochs))}"
         )
         outside, floats = op_summary(row["undelegated_ops"]), op_summary(row["float_ops"])
         if row["undelegated_ops"] or row["float_ops"] or not row["xnnpack"]:
@@ -411,12 +444,22 @@ def report(result, classes, args, how, elapsed):
         f"floor / plain = {floor_row[f'ratio_vs_{PLAIN}']:.3f} (issue 6 measured about "
         "1.17-1.19 on its machine).",
         "Goals (issue 6): every block in 1 XNNPACK partition; SE, ECA, GE within 3% of the "
-        "floor, SRM within 10%; the other blocks: the figure.",
+        "floor, SRM within 10%; the other blocks: the figure; after a fine-tune, top-1 "
+        f"agreement >= {AGREEMENT_GOAL:.2f} for every block.",
         "parts: XNNPACK partitions. top-1 agr: int8 .tflite vs the float Keras model (same "
         f"weights) on {result.config['held_out_samples'][PLAIN]} held-out images; classes: "
         "distinct top-1 classes of the float model there (1 = agreement is trivial); probe "
         "agr / err: top-1 agreement and relative error on the out-of-distribution probes.",
     ]
+    if accuracy:
+        lines.append(
+            "Validation accuracy of the float models (digits validation split) after the "
+            "fine-tune" + (" -> after recalibrating BatchNorm:" if args.recalibrate_bn else ":")
+        )
+        lines += [
+            f"  {label:<16}{tuned:.3f}" + ("" if after is None else f" -> {after:.3f}")
+            for label, (tuned, after) in accuracy.items()
+        ]
     if not args.fine_tune_epochs:
         lines.append(
             "The weights are untrained (random initialisation): the agreement measures the "
@@ -450,8 +493,7 @@ def main(argv=None):
         print(f"skipping {label}: {reason}", file=sys.stderr)
     if args.block_init == "random":
         randomize_blocks(models, args.seed)
-    if args.fine_tune_epochs:
-        fine_tune(models, args)
+    accuracy = fine_tune(models, args) if args.fine_tune_epochs else {}
     classes = distinct_classes(models, held_out)
     result = bench(
         models,
@@ -470,10 +512,11 @@ def main(argv=None):
         skipped=skipped,
         log=lambda *_: None,
     )
-    text = report(result, classes, args, how, time.perf_counter() - started)
+    text = report(result, classes, accuracy, args, how, time.perf_counter() - started)
     write_text(os.path.join(out, "resnet50_int8.txt"), text + "\n", args.overwrite)
     print(text)
-    verdicts = [goal(r["model"], r, r[f"ratio_vs_{FLOOR}"]) for r in result.rows]
+    fine_tuned = bool(args.fine_tune_epochs)
+    verdicts = [goal(r["model"], r, r[f"ratio_vs_{FLOOR}"], fine_tuned) for r in result.rows]
     return 1 if any(v.startswith("MISSED") for v in verdicts) else 0
 
 

@@ -12,7 +12,12 @@ import pytest
 
 import keras_chanattn
 from keras_chanattn.data import digits_data
-from keras_chanattn.train import TrainConfig, fit_classifier, no_decay_variables
+from keras_chanattn.train import (
+    TrainConfig,
+    fit_classifier,
+    no_decay_variables,
+    recalibrate_batch_norm,
+)
 
 
 def tiny_classifier(attention="srm", shape=(8, 8, 3), classes=10):
@@ -173,3 +178,84 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
         assert (one, two) == (1, 2)
         assert np.isfinite(single)
         assert abs(single - mirrored) <= 1e-4 * max(1.0, abs(single)), (block, single, mirrored)
+
+
+def bn_probe(momentum=0.99):
+    """Images straight into a BatchNorm: its batch statistics are the images' own."""
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.BatchNormalization(momentum=momentum, name="bn")(inputs)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+def test_recalibration_averages_batch_statistics_like_numpy():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(2.0, 3.0, (70, 4, 4, 3)).astype("float32")
+    model = bn_probe()
+    head = model.get_layer("head").kernel.numpy()
+    labelled = tf.data.Dataset.from_tensor_slices((images, np.zeros(70, "int64")))
+    assert recalibrate_batch_norm(model, labelled, batch_size=16) == 1
+    # NumPy: 4 full batches of 16 (the short last one left out), biased variance, averaged.
+    batches = images[:64].reshape(4, 16 * 4 * 4, 3)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batches.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), batches.var(1).mean(0), rtol=1e-5)
+    assert bn.momentum == 0.99  # restored
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), head)
+
+    first = bn_probe()
+    recalibrate_batch_norm(first, images, batch_size=16, max_batches=1)
+    np.testing.assert_allclose(
+        first.get_layer("bn").moving_mean.numpy(), batches[0].mean(0), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("attention", ["srm", "cbam"])
+def test_recalibration_reaches_batch_norms_inside_blocks_and_nested_models(attention):
+    # One batch: afterwards every moving statistic is that batch's, so inference mode
+    # computes what training mode computes on it (it did not before).
+    inner = tiny_classifier(attention)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, inner(inputs))
+    batch = np.random.default_rng(1).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    assert not np.allclose(model(batch, training=False), model(batch, training=True), atol=1e-3)
+    count = recalibrate_batch_norm(model, batch, batch_size=8)
+    assert count == 2  # the network's and the block's own
+    np.testing.assert_allclose(
+        model(batch, training=False), model(batch, training=True), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_recalibration_leaves_frozen_batch_norms_alone():
+    model = bn_probe()
+    model.get_layer("bn").trainable = False
+    with pytest.raises(ValueError, match="no trainable BatchNormalization"):
+        recalibrate_batch_norm(model, np.ones((4, 4, 4, 3), "float32"))
+
+
+def test_recalibration_errors_keep_the_statistics():
+    model = bn_probe()
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign([1.0, 2.0, 3.0])
+    images = np.random.default_rng(2).normal(size=(8, 4, 4, 3)).astype("float32")
+
+    def interrupted():
+        yield images
+        yield images
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recalibrate_batch_norm(model, interrupted(), batch_size=8)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), [1.0, 2.0, 3.0])
+    assert bn.momentum == 0.99
+    with pytest.raises(ValueError, match="holds no images"):
+        recalibrate_batch_norm(model, iter([]))
+    with pytest.raises(ValueError, match="NHWC images"):
+        recalibrate_batch_norm(model, np.ones((4, 3), "float32"))
+    with pytest.raises(ValueError, match="batch_size"):
+        recalibrate_batch_norm(model, images, batch_size=1)
+    with pytest.raises(ValueError, match="max_batches"):
+        recalibrate_batch_norm(model, images, max_batches=0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), [1.0, 2.0, 3.0])
