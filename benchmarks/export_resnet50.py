@@ -34,8 +34,11 @@ the quantisation's fidelity on an untrained network, whose logits vary little fr
 to image; the "classes" column (how many distinct top-1 classes the float model predicts
 on the held-out images) says how much room for disagreement there was. The issue's >= 99%
 is meant after a short fine-tune: `--fine-tune-epochs N` fine-tunes every model (10-class
-head) on the digits' training split first (about 10 minutes per model and epoch at
-224x224 on a 2-core CPU: 0.45 s per training image, measured).
+head) on the digits' training split first, then re-estimates every BatchNorm's moving
+statistics on the unaugmented training images (`--no-recalibrate-bn` skips that): one
+epoch leaves them lagging the weights, and the report gives the validation accuracy before
+and after. On this project's 2-core CPU one epoch at 112x112 takes 4-6 minutes per model
+(the run's own log prints it); 224x224 was not run here.
 From random weights a short fine-tune leaves the networks unsettled (even the plain one
 then misses 99%); `--weights PATH` starts every model from keras.applications.ResNet50's
 ImageNet weights on disk (Keras' v1 ResNet-50, the blocks inserted by `add_attention`
