@@ -37,8 +37,8 @@ is meant after a short fine-tune: `--fine-tune-epochs N` fine-tunes every model 
 head) on the digits' training split first, then re-estimates every BatchNorm's moving
 statistics on the unaugmented training images (`--no-recalibrate-bn` skips that): one
 epoch leaves them lagging the weights, and the report gives the validation accuracy before
-and after. On this project's 2-core CPU one epoch at 112x112 takes 4-6 minutes per model
-(the run's own log prints it); 224x224 was not run here.
+and after. On this project's 2-core CPU one epoch at 112x112 takes 4-6 minutes per model,
+Triplet 12 (the run's own log prints it); 224x224 was not run here.
 From random weights a short fine-tune leaves the networks unsettled (even the plain one
 then misses 99%); `--weights PATH` starts every model from keras.applications.ResNet50's
 ImageNet weights on disk (Keras' v1 ResNet-50, the blocks inserted by `add_attention`
@@ -327,6 +327,8 @@ def fine_tune(models, args):
 
     data = digits_data(args.image_size, seed=args.seed)
     config = train_config(args.fine_tune_epochs, args.fine_tune_lr, args.seed)
+    if args.recalibrate_bn:  # read once for every model
+        validation = [np.stack(a) for a in zip(*data.validation.as_numpy_iterator(), strict=True)]
     accuracy = {}
     for label, model in models.items():
         print(f"fine-tuning {label} for {args.fine_tune_epochs} epoch(s)")
@@ -335,16 +337,15 @@ def fine_tune(models, args):
         recalibrated = None
         if args.recalibrate_bn:
             count = recalibrate_batch_norm(models[label], data.train, config.batch_size)
-            recalibrated = validation_accuracy(models[label], data)
+            recalibrated = validation_accuracy(models[label], *validation)
             print(f"  after recalibrating {count} BatchNorm layers: {recalibrated:.4f}")
         accuracy[label] = (summary["val_accuracy"], recalibrated)
     return accuracy
 
 
-def validation_accuracy(model, data):
+def validation_accuracy(model, images, labels):
     from keras_chanattn.export.saved_model import keras_outputs
 
-    images, labels = (np.stack(a) for a in zip(*data.validation.as_numpy_iterator(), strict=True))
     return float(np.mean(np.argmax(keras_outputs(model, images, 32)[0], 1) == labels))
 
 

@@ -233,6 +233,16 @@ def test_recalibration_leaves_frozen_batch_norms_alone():
     model.get_layer("bn").trainable = False
     with pytest.raises(ValueError, match="no trainable BatchNormalization"):
         recalibrate_batch_norm(model, np.ones((4, 4, 4, 3), "float32"))
+    # Beside a trainable one (SRM's own), the frozen network BN keeps its statistics.
+    model = tiny_classifier("srm")
+    frozen = model.get_layer("bn")
+    frozen.trainable = False
+    frozen.moving_mean.assign(np.full(8, 0.5, "float32"))
+    block_bn = model.get_layer("attention").bn
+    images = np.random.default_rng(3).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    assert recalibrate_batch_norm(model, images, batch_size=8) == 1
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.full(8, 0.5, "float32"))
+    assert not np.allclose(block_bn.moving_variance.numpy(), 1.0)
 
 
 def test_recalibration_errors_keep_the_statistics():
