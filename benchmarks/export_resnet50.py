@@ -437,9 +437,16 @@ def report(result, classes, accuracy, args, how, elapsed):
             f"{goal(label, row, floor_ratio, bool(args.fine_tune_epochs))}"
         )
         outside, floats = op_summary(row["undelegated_ops"]), op_summary(row["float_ops"])
-        if row["undelegated_ops"] or row["float_ops"] or not row["xnnpack"]:
+        widened = op_summary(row["widened_ranges"])
+        if (
+            row["undelegated_ops"]
+            or row["float_ops"]
+            or row["widened_ranges"]
+            or not row["xnnpack"]
+        ):
             details.append(
-                f"{label}: outside XNNPACK: {outside}; float ops kept: {floats}"
+                f"{label}: outside XNNPACK: {outside}; float ops kept: {floats}; int8 ranges "
+                f"widened for XNNPACK: {widened}"
                 + ("" if row["xnnpack"] else "; XNNPACK refused the model (LiteRT kernels)")
             )
     floor_row = result.row(FLOOR, "int8")

@@ -76,6 +76,7 @@ COLUMNS = (
     "partitions",  # XNNPACK delegate partitions
     "undelegated_ops",  # ops outside XNNPACK, as "OP (layer)"
     "float_ops",  # full int8: float ops kept, as "OP (layer)"
+    "widened_ranges",  # full int8: ranges widened for XNNPACK, as "OP (layer)"
     "max_abs_error",  # held-out images, TFLite against Keras
     "relative_error",  # max abs error / max |Keras output|
     "top1_agreement",
@@ -88,7 +89,7 @@ COLUMNS = (
     "keras_accuracy",  # top-1 accuracy of the Keras model on the same images
     "error",  # why the model could not be converted to this format
 )
-_LIST_COLUMNS = ("undelegated_ops", "float_ops", "failures")
+_LIST_COLUMNS = ("undelegated_ops", "float_ops", "widened_ranges", "failures")
 
 
 def ratio_column(baseline):
@@ -742,6 +743,7 @@ def _row(label, fmt, counts, report, error):
             partitions=report.xnnpack_partitions,
             undelegated_ops=list(report.undelegated_ops),
             float_ops=[f"{f['op']} ({f['layer']})" for f in report.float_ops],
+            widened_ranges=[f"{w['op']} ({w['layer']})" for w in report.widened_ranges],
             max_abs_error=held.max_abs_error if held else None,
             relative_error=held.relative_error if held else None,
             top1_agreement=held.top1_agreement if held else None,

@@ -14,6 +14,9 @@ Formats:
 - `"int8"`: full integer, int8 input and output, calibrated on `representative_data`
   (`TFLITE_BUILTINS_INT8`). Ops a layer declares in `export_float_ops` stay in float, inside
   that layer only (the converter's node deny-list), with DEQUANTIZE / QUANTIZE around them.
+  Between calibration and quantisation, the ranges of small terms that XNNPACK's int8 ADD,
+  SUB and MUL cannot take are widened (`keras_chanattn.export.ranges`; the report's
+  `widened_ranges` lists them).
 """
 
 import re
@@ -28,6 +31,7 @@ from keras_chanattn.export.inputs import (
     synthetic_images,
     value_range,
 )
+from keras_chanattn.export.ranges import fit_xnnpack_ranges
 from keras_chanattn.export.saved_model import write_saved_model
 from keras_chanattn.export.verify import (
     SYNTHETIC_SAMPLES,
@@ -67,28 +71,29 @@ def _convert(export_model, spec, quantization, calibration, float_allowlist):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        keep_float = quantization == "int8" and bool(float_allowlist)
+        widened = []
         if quantization == "int8":
             converter.representative_dataset = lambda: ([image[None]] for image in calibration)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-            # To keep declared ops in float, calibrate only, then quantise with those nodes
+            # Calibrate only, widen the ranges XNNPACK's int8 kernels cannot take
+            # (keras_chanattn.export.ranges), then quantise with the declared float ops
             # deny-listed, as tf.lite.experimental.QuantizationDebugger does.
-            converter._experimental_calibrate_only = keep_float  # noqa: SLF001
+            converter._experimental_calibrate_only = True  # noqa: SLF001
         try:
             result = converter.convert()
-            if keep_float:
+            if quantization == "int8":
                 from tensorflow.lite.python import convert as tflite_convert
 
+                float_nodes = _float_nodes(result, float_allowlist, layer_names(export_model))
+                result, widened = fit_xnnpack_ranges(result, float_nodes)
                 result = tflite_convert.mlir_quantize(
                     result,
                     disable_per_channel=converter._experimental_disable_per_channel,  # noqa: SLF001
                     input_data_type=tf.int8,
                     output_data_type=tf.int8,
-                    denylisted_nodes=_float_nodes(
-                        result, float_allowlist, layer_names(export_model)
-                    ),
+                    denylisted_nodes=float_nodes,
                 )
         except Exception as error:  # the converter raises several unrelated types
             found = re.search(r"(?:TF Select|Custom) ops: ([^\n]+)", str(error))
@@ -101,7 +106,7 @@ def _convert(export_model, spec, quantization, calibration, float_allowlist):
                 f"{message}. Export allows TFLite builtin ops only (no Flex ops); such an op "
                 "(or one without an int8 kernel, in int8) needs another formulation."
             ) from error
-    return result
+    return result, widened
 
 
 def _calibration_images(quantization, representative_data, spec, limit):
@@ -137,7 +142,8 @@ def convert_tflite(
         quantization, representative_data, spec, num_calibration_samples
     )
     export_model, _ = inference_model(model)
-    return _convert(export_model, spec, quantization, calibration, declared_float_ops(export_model))
+    float_allowlist = declared_float_ops(export_model)
+    return _convert(export_model, spec, quantization, calibration, float_allowlist)[0]
 
 
 def export_tflite(
@@ -227,11 +233,12 @@ def export_tflite(
         source = "synthetic (no validation_data given)"
     export_model, forms = inference_model(model)
     float_allowlist = declared_float_ops(export_model)
-    tflite_bytes = _convert(export_model, spec, quantization, calibration, float_allowlist)
+    tflite_bytes, widened = _convert(export_model, spec, quantization, calibration, float_allowlist)
     report = run_verification(
         tflite_bytes, model, quantization, spec, held_out, source, data_range,
         export_model=export_model, inference_forms=forms, float_allowlist=float_allowlist,
         thresholds=thresholds, probes=probes, num_threads=num_threads, seed=seed,
+        widened_ranges=widened,
     )  # fmt: skip
     if enforce and report.failures:
         raise ExportVerificationError(report)

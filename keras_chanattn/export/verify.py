@@ -179,6 +179,9 @@ class VerificationReport(CheckReport):
             "per_channel", "allowed"}` (allowed = declared by its layer and per-channel).
         float_allowlist: `{layer: [op, ...]}` the layers declared as kept in float.
         inference_forms: layers replaced by their inference forms before conversion.
+        widened_ranges: in int8, the calibrated ranges widened to XNNPACK's scale limits
+            before quantisation (`keras_chanattn.export.ranges`), as `{"tensor", "layer",
+            "op", "before", "limit", "factor"}`; filled by `export_tflite`.
         held_out: metrics on the held-out images.
         held_out_source: where those images came from.
         probes: metrics on the out-of-distribution probes.
@@ -204,6 +207,7 @@ class VerificationReport(CheckReport):
     float_ops: list = dataclasses.field(default_factory=list)
     float_allowlist: dict = dataclasses.field(default_factory=dict)
     inference_forms: list = dataclasses.field(default_factory=list)
+    widened_ranges: list = dataclasses.field(default_factory=list)
     held_out: ComparisonMetrics | None = None
     held_out_source: str = ""
     probes: ComparisonMetrics | None = None
@@ -232,6 +236,9 @@ class VerificationReport(CheckReport):
         floats = [f"{f['op']} ({f['layer']})" for f in self.float_ops]
         if floats:
             lines.append(f"  float ops: {', '.join(floats)}")
+        if self.widened_ranges:
+            widened = [f"{w['op']} ({w['layer']}) x{w['factor']:.3g}" for w in self.widened_ranges]
+            lines.append(f"  int8 ranges widened for XNNPACK: {', '.join(widened)}")
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
         lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)
@@ -547,9 +554,11 @@ def run_verification(
     probes=True,
     num_threads=2,
     seed=0,
+    widened_ranges=(),
 ):
     """The checks behind `verify_tflite`, on prepared inputs; returns the report (never raises
-    `ExportVerificationError`)."""
+    `ExportVerificationError`). `widened_ranges` are the conversion's (`fit_xnnpack_ranges`),
+    recorded with the layer each tensor belongs to."""
     thresholds = resolve_thresholds(quantization, thresholds)
     report = VerificationReport(
         quantization=quantization,
@@ -557,6 +566,10 @@ def run_verification(
         size_bytes=len(tflite_bytes),
         float_allowlist={k: list(v) for k, v in float_allowlist.items()},
         inference_forms=list(inference_forms),
+        widened_ranges=[
+            {**w, "layer": attribute_layer(w["tensor"], layer_names(export_model))}
+            for w in widened_ranges
+        ],
         held_out_source=held_out_source,
         thresholds=thresholds,
     )

@@ -1,0 +1,153 @@
+"""Calibrated int8 ranges widened to the scale limits of XNNPACK's int8 ADD, SUB and MUL.
+
+Full-int8 export calibrates each activation's range (min, max) and quantises with
+`scale = range / 255`. XNNPACK runs an int8 binary op only when its scales lie within fixed
+ratios; outside them the op stays in LiteRT's own kernel and splits the graph into more
+XNNPACK partitions:
+
+- ADD, SUB: each input's scale over the output's in `[2^-10, 2^8)`;
+- MUL: the product of the input scales over the output's in `[2^-16, 2^8)`.
+
+After a fine-tune, a gate's small terms break the lower limits: Global Context adds a
+context vector about 1/1000 of the map's range to the map; Shuffle Attention's spatial half
+multiplies by a slope of order 1e-3. Such a term moves the output by less than one int8 step,
+so quantising it more coarsely changes nothing the int8 output can show. `fit_xnnpack_ranges`
+widens, before quantisation, the recorded range of such an input (by the factor that meets
+the limit, times `MARGIN`), and lists what it widened. It only widens a tensor that no other
+op reads, and a range that is zero (a term that is always 0) is left alone. Widening a range
+never moves a value outside it; it costs resolution only in the widened tensor.
+"""
+
+import numpy as np
+
+ADD_MIN_RATIO = 2.0**-10
+MUL_MIN_RATIO = 2.0**-16
+MARGIN = 2.0  # widen to twice the limit: the quantiser nudges ranges to put 0 on the grid
+
+
+def _range(minimum, maximum):
+    """The width of `[min, max]` once it includes 0, as the int8 quantiser makes it."""
+    return float(max(maximum, 0.0) - min(minimum, 0.0))
+
+
+class _Stats:
+    """The recorded (min, max) of one tensor, as writable views into the model's bytes."""
+
+    def __init__(self, tensor):
+        quantization = tensor.Quantization()
+        self.minimum = quantization.MinAsNumpy()
+        self.maximum = quantization.MaxAsNumpy()
+        self.name = tensor.Name().decode("utf-8", "replace")
+
+    @property
+    def width(self):
+        return _range(self.minimum[0], self.maximum[0])
+
+    def widen(self, factor):
+        self.minimum[0] = min(self.minimum[0], 0.0) * factor
+        self.maximum[0] = max(self.maximum[0], 0.0) * factor
+
+
+def _tensor_stats(model, subgraph):
+    """`{tensor index: _Stats}` for the activations with one recorded (min, max)."""
+    stats = {}
+    for index in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(index)
+        quantization = tensor.Quantization()
+        if quantization is None or quantization.MinLength() != 1 or quantization.MaxLength() != 1:
+            continue
+        if model.Buffers(tensor.Buffer()).DataLength():
+            continue  # a constant: quantised from its values
+        stats[index] = _Stats(tensor)
+    return stats
+
+
+def _readers(subgraph):
+    """How many times each tensor is read (by an op, or as a model output)."""
+    counts = {}
+    for i in range(subgraph.OperatorsLength()):
+        for index in subgraph.Operators(i).InputsAsNumpy():
+            counts[int(index)] = counts.get(int(index), 0) + 1
+    for index in subgraph.OutputsAsNumpy():
+        counts[int(index)] = counts.get(int(index), 0) + 1
+    return counts
+
+
+def _constant_width(model, subgraph, index):
+    """The int8 range of a constant operand (its values, with 0), or `None` if not constant."""
+    tensor = subgraph.Tensors(index)
+    data = model.Buffers(tensor.Buffer()).DataAsNumpy()
+    if not isinstance(data, np.ndarray) or tensor.Type() != 0:  # 0: FLOAT32
+        return None
+    values = data.view(np.float32)
+    return _range(float(values.min()), float(values.max())) if values.size else None
+
+
+def fit_xnnpack_ranges(calibrated, float_outputs=()):
+    """Widens the recorded ranges of a calibrated model to XNNPACK's int8 scale limits.
+
+    Args:
+        calibrated: a float TFLite flatbuffer with recorded ranges (the converter's
+            `_experimental_calibrate_only` output).
+        float_outputs: output tensor names of the ops that will stay in float (the
+            declared float ops); they are not checked. Defaults to `()`.
+
+    Returns:
+        `(flatbuffer, widened)`: the model with the widened ranges (a copy: `calibrated`
+        is not modified), and one dict per widened tensor: `tensor`, `op`, the op's scale
+        ratio `before` and the `limit`, and the `factor` the range was multiplied by.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    buffer = bytearray(calibrated)
+    model = schema.Model.GetRootAs(buffer, 0)
+    subgraph = model.Subgraphs(0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    stats = _tensor_stats(model, subgraph)
+    readers = _readers(subgraph)
+    widened = []
+
+    def widen(index, op, ratio, limit):
+        factor = MARGIN * limit / ratio
+        stats[index].widen(factor)
+        widened.append(
+            {"tensor": stats[index].name, "op": op, "before": ratio, "limit": limit,
+             "factor": factor}
+        )  # fmt: skip
+
+    # Consumers before producers: widening an op's input widens its producer's output,
+    # which the producer's own check (later in this loop) then sees.
+    for i in reversed(range(subgraph.OperatorsLength())):
+        operator = subgraph.Operators(i)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        op = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+        inputs = [int(index) for index in operator.InputsAsNumpy()]
+        output = int(operator.OutputsAsNumpy()[0])
+        if op not in ("ADD", "SUB", "MUL") or len(inputs) != 2 or output not in stats:
+            continue
+        if stats[output].name in float_outputs:
+            continue
+        out_width = stats[output].width
+        if out_width == 0.0:
+            continue
+        widths = [
+            stats[index].width if index in stats else _constant_width(model, subgraph, index)
+            for index in inputs
+        ]
+        if None in widths or 0.0 in widths:
+            continue
+        widenable = [
+            k for k, index in enumerate(inputs)
+            if index in stats and readers.get(index, 0) == 1 and inputs.count(index) == 1
+        ]  # fmt: skip
+        if op in ("ADD", "SUB"):
+            for k in widenable:
+                ratio = widths[k] / out_width
+                if ratio < ADD_MIN_RATIO:
+                    widen(inputs[k], op, ratio, ADD_MIN_RATIO)
+        else:
+            ratio = widths[0] * widths[1] / (255.0 * out_width)
+            if ratio < MUL_MIN_RATIO and widenable:
+                k = min(widenable, key=lambda k: widths[k])
+                widen(inputs[k], op, ratio, MUL_MIN_RATIO)
+    return bytes(buffer), widened
