@@ -106,6 +106,14 @@ def parse_args(argv=None):
         "--fine-tune-epochs", type=int, default=0, help="fine-tune each model on digits first"
     )
     parser.add_argument(
+        "--extra-epochs",
+        action="append",
+        default=[],
+        metavar="BLOCK=N",
+        help="fine-tune BLOCK's model N epochs more than --fine-tune-epochs (repeatable; e.g. "
+        "sa=3: SA's channel shuffle undoes the pretraining, and one epoch does not relearn it)",
+    )
+    parser.add_argument(
         "--fine-tune-lr",
         type=float,
         default=1e-4,
@@ -158,6 +166,7 @@ def parse_args(argv=None):
             )
     if args.pretrain_epochs < 0 or args.fine_tune_epochs < 0:
         parser.error("--pretrain-epochs and --fine-tune-epochs must be >= 0.")
+    args.extra_epochs = _extra_epochs(parser, args.extra_epochs, args.fine_tune_epochs)
     if not args.fine_tune_lr > 0:
         parser.error(f"--fine-tune-lr must be > 0, got {args.fine_tune_lr}.")
     if args.pretrain_epochs and args.weights is not None:
@@ -270,6 +279,19 @@ def randomize_blocks(models, seed):
                 randomize_weights(layer, scale=0.1, rng=rng)
 
 
+def _extra_epochs(parser, values, fine_tune_epochs):
+    """`["sa=3", ...]` -> `{"sa": 3}`, or a parser error naming the bad value."""
+    extra = {}
+    for value in values:
+        block, _, count = value.partition("=")
+        if not count.isdigit() or int(count) < 1 or not block:
+            parser.error(f"--extra-epochs {value!r}: expected BLOCK=N with N >= 1, e.g. sa=3.")
+        extra[block.strip()] = int(count)
+    if extra and not fine_tune_epochs:
+        parser.error("--extra-epochs needs --fine-tune-epochs N (it adds to them).")
+    return extra
+
+
 def train_config(epochs, learning_rate, seed):
     """The recipe of both trainings here: AdamW, batch 32, a one-epoch warm-up, cosine."""
     from keras_chanattn.train import TrainConfig
@@ -326,12 +348,13 @@ def fine_tune(models, args):
     from keras_chanattn.train import fit_classifier, recalibrate_batch_norm
 
     data = digits_data(args.image_size, seed=args.seed)
-    config = train_config(args.fine_tune_epochs, args.fine_tune_lr, args.seed)
     if args.recalibrate_bn:  # read once for every model
         validation = [np.stack(a) for a in zip(*data.validation.as_numpy_iterator(), strict=True)]
     accuracy = {}
     for label, model in models.items():
-        print(f"fine-tuning {label} for {args.fine_tune_epochs} epoch(s)")
+        epochs = args.fine_tune_epochs + args.extra_epochs.get(label, 0)
+        config = train_config(epochs, args.fine_tune_lr, args.seed)
+        print(f"fine-tuning {label} for {epochs} epoch(s)")
         models[label], summary = fit_classifier(lambda m=model: m, data, config, verbose=2)
         print(f"  validation accuracy {summary['val_accuracy']:.4f}")
         recalibrated = None
@@ -408,8 +431,9 @@ def report(result, classes, accuracy, args, how, elapsed):
             + ", the blocks inserted by add_attention"
         )
         + (
-            f", then fine-tuned {args.fine_tune_epochs} epoch(s) (AdamW, peak learning rate "
-            f"{args.fine_tune_lr:g})."
+            f", then fine-tuned {args.fine_tune_epochs} epoch(s)"
+            + "".join(f", {b} {args.fine_tune_epochs + n}" for b, n in args.extra_epochs.items())
+            + f" (AdamW, peak learning rate {args.fine_tune_lr:g})."
             if args.fine_tune_epochs
             else "."
         ),
@@ -492,6 +516,10 @@ def main(argv=None):
     from keras_chanattn.layers import list_attention
 
     blocks = args.blocks.split(",") if args.blocks else list_attention()
+    labels = [PLAIN, FLOOR, *blocks, *([SRM_SCALED] if "srm" in blocks else [])]
+    unknown = sorted(set(args.extra_epochs) - set(labels))
+    if unknown:
+        sys.exit(f"--extra-epochs names {unknown}, not models of this run: {', '.join(labels)}.")
     out = args.out or os.path.join(
         "export", "runs", f"bench-resnet50-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )

@@ -84,6 +84,9 @@ def test_every_model_starts_from_the_weights_file(tmp_path):
         (["--pretrain-epochs", "-1", "--fine-tune-epochs", "1"], ">= 0"),
         (["--fine-tune-epochs", "-2"], ">= 0"),
         (["--fine-tune-epochs", "1", "--fine-tune-lr", "0"], "--fine-tune-lr must be > 0"),
+        (["--extra-epochs", "sa=2"], "--extra-epochs needs --fine-tune-epochs"),
+        (["--fine-tune-epochs", "1", "--extra-epochs", "sa=0"], "expected BLOCK=N with N >= 1"),
+        (["--fine-tune-epochs", "1", "--extra-epochs", "sa"], "expected BLOCK=N with N >= 1"),
     ],
 )
 def test_pretrain_arguments_are_checked(argv, message, capsys):
@@ -152,6 +155,30 @@ def test_agreement_is_a_goal_only_after_a_fine_tune():
     assert goal("se", row, 1.0, fine_tuned=True) == "MISSED: top-1 agr < 0.99"
     assert goal("se", {**row, "top1_agreement": 0.99}, 1.0, fine_tuned=True) == "met"
     assert goal("cbam", {**row, "top1_agreement": None}, 1.2, fine_tuned=True).startswith("MISSED")
+
+
+def test_extra_epochs_go_to_the_named_model_only(monkeypatch, capsys):
+    bench = script()
+    args = bench.parse_args(
+        ["--image-size", "8", "--fine-tune-epochs", "1", "--extra-epochs", "sa=2",
+         "--no-recalibrate-bn"]
+    )  # fmt: skip
+    assert args.extra_epochs == {"sa": 2}
+    import keras_chanattn.train as train
+
+    epochs = {}
+
+    def fit_classifier(build, data, config, verbose):
+        model = build()
+        epochs[model.name] = config.epochs
+        return model, {"val_accuracy": 0.5}
+
+    monkeypatch.setattr(train, "fit_classifier", fit_classifier)
+    models = {label: keras.Sequential(name=label) for label in ("plain", "sa")}
+    assert bench.fine_tune(models, args) == {"plain": (0.5, None), "sa": (0.5, None)}
+    assert epochs == {"plain": 1, "sa": 3}
+    with pytest.raises(SystemExit, match="not models of this run"):
+        bench.main(["--fine-tune-epochs", "1", "--blocks", "se", "--extra-epochs", "sa=1"])
 
 
 @pytest.mark.parametrize("recalibrate", [True, False])

@@ -10,12 +10,14 @@ XNNPACK partitions:
 
 After a fine-tune, a gate's small terms break the lower limits: Global Context adds a
 context vector about 1/1000 of the map's range to the map; Shuffle Attention's spatial half
-multiplies by a slope of order 1e-3. Such a term moves the output by less than one int8 step,
-so quantising it more coarsely changes nothing the int8 output can show. `fit_xnnpack_ranges`
-widens, before quantisation, the recorded range of such an input (by the factor that meets
-the limit, times `MARGIN`), and lists what it widened. It only widens a tensor that no other
-op reads, and a range that is zero (a term that is always 0) is left alone. Widening a range
-never moves a value outside it; it costs resolution only in the widened tensor.
+multiplies by a slope of order 1e-3. `fit_xnnpack_ranges` widens, before quantisation, the
+recorded range of such an input to `MARGIN` times the limit, and lists what it widened. It
+only widens a tensor that no other op reads; a range that is zero (a term that is always 0)
+is left alone. Widening never moves a value outside the range; it costs resolution only in
+the widened tensor, and at the limit that is nothing the output can show: the widened
+input's rounding error (half its scale) is at most `2^-10` of the output's scale for ADD and
+SUB (`scale_in = MARGIN * 2^-10 * scale_out`), and for MUL at most `128 * scale_a * scale_b'
+/ 2 = 2^-9` of it (`scale_a * scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
 """
 
 import numpy as np

@@ -170,7 +170,10 @@ class GlobalContextInference(GlobalContext):
     - the LayerNorm is written out (MEAN, SUB, MUL; XNNPACK does not delegate int8
       SQUARED_DIFFERENCE);
     - fusion by addition is `x - (-t)`, with `-t` from the last convolution's negated
-      weights, so that no ADD touches the (H, W, C) map.
+      weights, so that no ADD touches the (H, W, C) map. After a fine-tune `t` is small
+      (the convolution starts at zero: about 1/1000 of the map's range on the fine-tuned
+      ResNet-50), below the scale ratio XNNPACK's int8 SUB accepts; full-int8 export widens
+      its calibrated range to that limit (`keras_chanattn.export.ranges`).
 
     In full int8 the SOFTMAX over positions, the LayerNorm's ADDs and its RSQRT stay in
     float (`export_float_ops`): XNNPACK does not delegate int8 SOFTMAX or RSQRT, and
