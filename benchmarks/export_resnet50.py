@@ -492,7 +492,7 @@ def report(result, classes, accuracy, args, how, elapsed):
             "fine-tune" + (" -> after recalibrating BatchNorm:" if args.recalibrate_bn else ":")
         )
         lines += [
-            f"  {label:<16}{tuned:.3f}" + ("" if after is None else f" -> {after:.3f}")
+            f"  {label:<18}{tuned:.3f}" + ("" if after is None else f" -> {after:.3f}")
             for label, (tuned, after) in accuracy.items()
         ]
     if not args.fine_tune_epochs:
