@@ -283,10 +283,10 @@ def _extra_epochs(parser, values, fine_tune_epochs):
     """`["sa=3", ...]` -> `{"sa": 3}`, or a parser error naming the bad value."""
     extra = {}
     for value in values:
-        block, _, count = value.partition("=")
+        block, _, count = (part.strip() for part in value.partition("="))
         if not count.isdigit() or int(count) < 1 or not block:
             parser.error(f"--extra-epochs {value!r}: expected BLOCK=N with N >= 1, e.g. sa=3.")
-        extra[block.strip()] = int(count)
+        extra[block] = int(count)
     if extra and not fine_tune_epochs:
         parser.error("--extra-epochs needs --fine-tune-epochs N (it adds to them).")
     return extra

@@ -138,10 +138,8 @@ def fit_xnnpack_ranges(calibrated, float_outputs=()):
         ]
         if None in widths or 0.0 in widths:
             continue
-        widenable = [
-            k for k, index in enumerate(inputs)
-            if index in stats and readers.get(index, 0) == 1 and inputs.count(index) == 1
-        ]  # fmt: skip
+        # Read once: by this op alone, and not as both of its inputs (a square).
+        widenable = [k for k, index in enumerate(inputs) if index in stats and readers[index] == 1]
         if op in ("ADD", "SUB"):
             for k in widenable:
                 ratio = widths[k] / out_width

@@ -44,6 +44,8 @@ from keras_chanattn.export.verify import (
 
 def _float_nodes(calibrated, float_allowlist, known_layers):
     """Output tensor names, in a calibrated float model, of the ops to keep in float."""
+    if not float_allowlist:
+        return []  # most models: no interpreter to build on the whole float model
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(

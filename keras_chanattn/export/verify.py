@@ -560,6 +560,7 @@ def run_verification(
     `ExportVerificationError`). `widened_ranges` are the conversion's (`fit_xnnpack_ranges`),
     recorded with the layer each tensor belongs to."""
     thresholds = resolve_thresholds(quantization, thresholds)
+    known_layers = layer_names(export_model)
     report = VerificationReport(
         quantization=quantization,
         model_name=model.name,
@@ -567,8 +568,7 @@ def run_verification(
         float_allowlist={k: list(v) for k, v in float_allowlist.items()},
         inference_forms=list(inference_forms),
         widened_ranges=[
-            {**w, "layer": attribute_layer(w["tensor"], layer_names(export_model))}
-            for w in widened_ranges
+            {**w, "layer": attribute_layer(w["tensor"], known_layers)} for w in widened_ranges
         ],
         held_out_source=held_out_source,
         thresholds=thresholds,
@@ -586,7 +586,7 @@ def run_verification(
     interpreter, report.xnnpack_error = _interpreter(tflite_bytes, num_threads)
     if report.xnnpack_error:
         failures.append(f"XNNPACK could not prepare the model: {report.xnnpack_error}")
-    graph = _Graph(interpreter, layer_names(export_model))
+    graph = _Graph(interpreter, known_layers)
     report.xnnpack_partitions = len(graph.delegates)
     if not report.xnnpack_error:
         inside = graph.delegated()
