@@ -462,6 +462,29 @@ def _bench(args):
     return 0 if all(row["verified"] for row in result.rows) else 1
 
 
+@command(
+    "int8-limits",
+    "List the int8 ADD/SUB/MUL of .tflite files whose scales XNNPACK refuses.",
+    [(("paths",), {"nargs": "+", "metavar": "FILE", "help": ".tflite files"})],
+)
+def _int8_limits(args):
+    from keras_chanattn.export.ranges import int8_scale_problems
+
+    status = 0
+    for path in args.paths:
+        try:
+            with open(path, "rb") as file:
+                checked, found = int8_scale_problems(file.read())
+        except (OSError, ValueError) as error:
+            print(f"chanattn int8-limits: {path}: {error}", file=sys.stderr)
+            return 2
+        print(f"{path}: {checked} int8 ADD/SUB/MUL, {len(found)} outside XNNPACK's limits")
+        for problem in found:
+            print(f"  {problem['op']} {problem['tensor']}: {'; '.join(problem['problems'])}")
+        status = status or int(bool(found))
+    return status
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="chanattn", description="Channel attention blocks for Keras 3, for phones."

@@ -6,20 +6,30 @@ limits and split the graph (GC: 3 partitions, SA: 10 on the fine-tuned ResNet-50
 small classifier of `test_export` gets those weights scaled down to the same effect.
 """
 
+import tempfile
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from keras_chanattn.cli import main as cli_main
 from keras_chanattn.export import ExportVerificationError, convert_tflite, export_tflite
 from keras_chanattn.export import tflite as tflite_module
+from keras_chanattn.export.inference import inference_model
+from keras_chanattn.export.inputs import image_input_spec
 from keras_chanattn.export.ranges import (
     ADD_MIN_RATIO,
     MARGIN,
+    MAX_RATIO,
     MUL_MIN_RATIO,
     fit_xnnpack_ranges,
+    int8_scale_problems,
+    scale_ratio_problems,
 )
+from keras_chanattn.export.saved_model import write_saved_model
 from tests.test_export import _block_of, calibration_images, held_out_images, trained
 
 # The weights a fine-tune leaves small, scaled to 1e-4 of their trained size.
@@ -80,9 +90,130 @@ def test_small_gate_terms_stay_in_one_xnnpack_partition(name, tmp_path, monkeypa
     assert ratios and all(ratio >= limit for _, ratio, limit in ratios), ratios
 
     monkeypatch.setattr(tflite_module, "fit_xnnpack_ranges", lambda calibrated, _: (calibrated, []))
-    with pytest.raises(ExportVerificationError, match="XNNPACK partitions > 1"):
+    # The failure names the op outside XNNPACK and the scale limit it breaks.
+    with pytest.raises(ExportVerificationError, match=r"XNNPACK partitions > 1 .*< 2\^-1[06]\]"):
         export_tflite(model, tmp_path / "n.tflite", "int8", calibration_images(), held_out_images())
     assert not (tmp_path / "n.tflite").exists()
+
+
+def _without_widening(model, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(tflite_module, "fit_xnnpack_ranges", lambda calibrated, _: (calibrated, []))
+        return convert_tflite(model, "int8", calibration_images())
+
+
+def test_int8_scale_problems_agree_with_the_quantised_scales(monkeypatch):
+    """`int8_scale_problems` finds exactly the ops whose scales (read through the
+    interpreter) break a limit: some without the widening, none with it."""
+    model = fine_tuned_like("gc")
+    for tflite_bytes, expect_problems in [
+        (_without_widening(model, monkeypatch), True),
+        (convert_tflite(model, "int8", calibration_images()), False),
+    ]:
+        ratios = int8_binary_op_ratios(tflite_bytes)
+        below = sum(ratio < limit for _, ratio, limit in ratios)
+        checked, found = int8_scale_problems(tflite_bytes)
+        assert checked == len(_binary_ops(tflite_bytes))
+        assert sum(len(f["problems"]) for f in found) == below
+        assert bool(found) == expect_problems
+        assert all(f["op"] in ("ADD", "SUB") and "< 2^-10" in f["problems"][0] for f in found)
+
+
+def _binary_ops(tflite_bytes):
+    """`(op index, op name)` of each int8 ADD/SUB/MUL, through the interpreter."""
+    interpreter = Interpreter(
+        model_content=tflite_bytes,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    return [
+        (node["index"], node["op_name"])
+        for node in interpreter._get_ops_details()  # noqa: SLF001
+        if node["op_name"] in ("ADD", "SUB", "MUL")
+        and all(
+            interpreter._get_tensor_details(int(i), 0)["dtype"] == np.int8  # noqa: SLF001
+            for i in [*node["inputs"], *node["outputs"]]
+        )
+    ]
+
+
+def test_scale_ratio_problems_at_the_limits():
+    out = 0.5
+    assert scale_ratio_problems("ADD", [ADD_MIN_RATIO * out, out], out) == []
+    assert scale_ratio_problems("SUB", [out, ADD_MIN_RATIO * out * 0.99], out) == [
+        f"input 1 / output scale {ADD_MIN_RATIO * 0.99:.3g} < 2^-10"
+    ]
+    assert scale_ratio_problems("ADD", [MAX_RATIO * out, out], out) == [
+        "input 0 / output scale 256 >= 2^8"
+    ]
+    assert scale_ratio_problems("MUL", [MUL_MIN_RATIO * out, 1.0], out) == []
+    assert scale_ratio_problems("MUL", [MUL_MIN_RATIO * out / 2, 1.0], out) == [
+        f"input scales' product / output scale {MUL_MIN_RATIO / 2:.3g} < 2^-16"
+    ]
+    assert scale_ratio_problems("CONV_2D", [1e-9, 1.0], 1.0) == []
+
+
+def test_int8_limits_cli(tmp_path, monkeypatch, capsys):
+    model = fine_tuned_like("gc")
+    (tmp_path / "split.tflite").write_bytes(_without_widening(model, monkeypatch))
+    (tmp_path / "fitted.tflite").write_bytes(convert_tflite(model, "int8", calibration_images()))
+    (tmp_path / "notes.txt").write_text("not a model")
+
+    assert cli_main(["int8-limits", str(tmp_path / "fitted.tflite")]) == 0
+    assert "0 outside XNNPACK's limits" in capsys.readouterr().out
+    assert cli_main(["int8-limits", str(tmp_path / "split.tflite")]) == 1
+    printed = capsys.readouterr().out
+    assert "SUB " in printed and "< 2^-10" in printed
+    assert cli_main(["int8-limits", str(tmp_path / "notes.txt")]) == 2
+    assert "not a TFLite flatbuffer" in capsys.readouterr().err
+
+
+def _converter_int8(model, images):
+    """The converter's own full-int8 model, no calibrate-only step, no range fitting."""
+    export_model, _ = inference_model(model)
+    with tempfile.TemporaryDirectory() as saved_model:
+        write_saved_model(export_model, saved_model, image_input_spec(model), batch_size=1)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        return converter.convert()
+
+
+def _graph(tflite_bytes):
+    """Every tensor (name, type, shape, scales, zero points, constant bytes) and operator."""
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(tflite_bytes, 0))
+    subgraph = model.subgraphs[0]
+    tensors = []
+    for tensor in subgraph.tensors:
+        q = tensor.quantization
+        data = model.buffers[tensor.buffer].data
+        tensors.append((
+            tensor.name, tensor.type, tuple(tensor.shape),
+            None if q is None or q.scale is None else tuple(q.scale),
+            None if q is None or q.zeroPoint is None else tuple(q.zeroPoint),
+            None if data is None else bytes(data),
+        ))  # fmt: skip
+    codes = [(c.builtinCode, c.version) for c in model.operatorCodes]
+    operators = [
+        (codes[o.opcodeIndex], tuple(o.inputs), tuple(o.outputs)) for o in subgraph.operators
+    ]
+    return tensors, operators
+
+
+@pytest.mark.parametrize("name", ["se", "cbam"])
+def test_nothing_to_widen_gives_the_converters_own_int8_model(name):
+    """Where no range needs widening, the export's calibrate -> fit -> quantise path gives
+    the graph the converter's one-step full-int8 conversion gives: the same tensors, scales,
+    zero points, weights and operators (only the metadata's order differs)."""
+    model = trained(name)
+    images = calibration_images()
+    exported = convert_tflite(model, "int8", images, num_calibration_samples=len(images))
+    assert int8_scale_problems(exported)[0] > 0
+    tensors, operators = _graph(exported)
+    assert tensors and operators
+    assert (tensors, operators) == _graph(_converter_int8(model, images))
 
 
 class _TwoSmallTerms(keras.layers.Layer):

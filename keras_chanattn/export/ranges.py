@@ -18,12 +18,17 @@ the widened tensor, and at the limit that is nothing the output can show: the wi
 input's rounding error (half its scale) is at most `2^-10` of the output's scale for ADD and
 SUB (`scale_in = MARGIN * 2^-10 * scale_out`), and for MUL at most `128 * scale_a * scale_b'
 / 2 = 2^-9` of it (`scale_a * scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
+
+`scale_ratio_problems` and `int8_scale_problems` check a quantised model against the same
+limits: the verification names them beside an op left outside XNNPACK, and
+`chanattn int8-limits FILE.tflite ...` lists them for any int8 file.
 """
 
 import numpy as np
 
 ADD_MIN_RATIO = 2.0**-10
 MUL_MIN_RATIO = 2.0**-16
+MAX_RATIO = 2.0**8  # the upper limit of both ratios (not widened for: not met after a fine-tune)
 MARGIN = 2.0  # widen to twice the limit: the quantiser nudges ranges to put 0 on the grid
 
 
@@ -151,3 +156,78 @@ def fit_xnnpack_ranges(calibrated, float_outputs=()):
                 k = min(widenable, key=lambda k: widths[k])
                 widen(inputs[k], op, ratio, MUL_MIN_RATIO)
     return bytes(buffer), widened
+
+
+def scale_ratio_problems(op, input_scales, output_scale):
+    """The limits an int8 ADD/SUB/MUL's scales break in XNNPACK, as text (`[]`: none).
+
+    Args:
+        op: `"ADD"`, `"SUB"` or `"MUL"` (any other op: `[]`).
+        input_scales: the two inputs' quantisation scales.
+        output_scale: the output's quantisation scale.
+
+    Example:
+    >>> scale_ratio_problems("SUB", [1e-4, 0.1], 0.2)
+    ['input 0 / output scale 0.0005 < 2^-10']
+    """
+    if op in ("ADD", "SUB"):
+        ratios = [(f"input {k} / output scale", s / output_scale, ADD_MIN_RATIO, "2^-10")
+                  for k, s in enumerate(input_scales)]  # fmt: skip
+    elif op == "MUL":
+        product = float(np.prod(input_scales)) / output_scale
+        ratios = [("input scales' product / output scale", product, MUL_MIN_RATIO, "2^-16")]
+    else:
+        return []
+    problems = []
+    for what, ratio, limit, limit_text in ratios:
+        if ratio < limit:
+            problems.append(f"{what} {ratio:.3g} < {limit_text}")
+        elif ratio >= MAX_RATIO:
+            problems.append(f"{what} {ratio:.3g} >= 2^8")
+    return problems
+
+
+def int8_scale_problems(tflite):
+    """Every int8 ADD, SUB and MUL of a quantised model whose scales XNNPACK refuses.
+
+    Args:
+        tflite: a TFLite flatbuffer (`bytes`).
+
+    Returns:
+        `(checked, problems)`: how many int8 ADD/SUB/MUL ops there are, and one dict per op
+        outside the limits: `op`, its output `tensor` name, and the `problems` as text.
+
+    Raises:
+        ValueError: `tflite` is not a TFLite flatbuffer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(tflite) < 8 or not schema.Model.ModelBufferHasIdentifier(tflite, 0):
+        raise ValueError("not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4-8)")
+    model = schema.Model.GetRootAs(tflite, 0)
+    subgraph = model.Subgraphs(0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def scale(index):
+        tensor = subgraph.Tensors(index)
+        quantization = tensor.Quantization()
+        if tensor.Type() != schema.TensorType.INT8 or quantization is None:
+            return None
+        return float(quantization.ScaleAsNumpy()[0]) if quantization.ScaleLength() else None
+
+    checked, found = 0, []
+    for i in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(i)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        op = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+        tensors = [int(t) for t in operator.InputsAsNumpy()] + [int(operator.Outputs(0))]
+        if op not in ("ADD", "SUB", "MUL") or len(tensors) != 3:
+            continue
+        scales = [scale(index) for index in tensors]
+        if None in scales:
+            continue  # a float op
+        checked += 1
+        if problems := scale_ratio_problems(op, scales[:2], scales[2]):
+            name = subgraph.Tensors(tensors[2]).Name().decode("utf-8", "replace")
+            found.append({"op": op, "tensor": name, "problems": problems})
+    return checked, found

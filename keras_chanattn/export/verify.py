@@ -12,7 +12,8 @@ within the data range), and inspects the graph:
   `DELEGATE` per partition XNNPACK took; their count is the number of partitions. The nodes
   left to LiteRT's own kernels are found by walking back from each partition's outputs to
   its inputs (the nodes met on the way are inside it); the rest are reported as
-  `undelegated_ops`, each with the Keras layer it comes from;
+  `undelegated_ops`, each with the Keras layer it comes from, and for an int8 ADD, SUB or
+  MUL the scale limits of XNNPACK's kernel it breaks (`export.ranges.scale_ratio_problems`);
 - in full int8, the float ops: with int8 input and output there must be no float op at all,
   except the per-channel gate path a layer declares with a class attribute
   `export_float_ops = ("SQRT", ...)` (TFLite builtin op names): those ops, inside that layer
@@ -46,6 +47,7 @@ from keras_chanattn.export.inputs import (
     synthetic_images,
     value_range,
 )
+from keras_chanattn.export.ranges import scale_ratio_problems
 from keras_chanattn.export.saved_model import keras_outputs, output_order
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -174,7 +176,8 @@ class VerificationReport(CheckReport):
         custom_ops: Flex and custom op names (a failure when present).
         xnnpack_partitions: number of XNNPACK delegate partitions.
         xnnpack_error: why XNNPACK could not take the model, or `None`.
-        undelegated_ops: ops left to LiteRT's kernels, as `"OP (layer)"`.
+        undelegated_ops: ops left to LiteRT's kernels, as `"OP (layer)"`, followed for an
+            int8 ADD/SUB/MUL by the XNNPACK scale limits it breaks, in brackets.
         float_ops: in int8, each float op as `{"op", "layer", "shape", "declared",
             "per_channel", "allowed"}` (allowed = declared by its layer and per-channel).
         float_allowlist: `{layer: [op, ...]}` the layers declared as kept in float.
@@ -356,6 +359,28 @@ class _Graph:
     def describe(self, node):
         layer = self.layer_of(node)
         return f"{node['op_name']} ({layer})" if layer else node["op_name"]
+
+    def scale_problems(self, node):
+        """The XNNPACK scale limits an int8 ADD/SUB/MUL node breaks, as text (`[]`: none)."""
+        if node["op_name"] not in ("ADD", "SUB", "MUL") or len(node["inputs"]) != 2:
+            return []
+        details = [self.tensor(t) for t in [*node["inputs"], *node["outputs"][:1]]]
+        scales = [d["quantization_parameters"]["scales"] for d in details]
+        if any(d["dtype"] != np.int8 for d in details) or any(len(s) != 1 for s in scales):
+            return []
+        return scale_ratio_problems(node["op_name"], [float(s[0]) for s in scales[:2]],
+                                    float(scales[2][0]))  # fmt: skip
+
+    def undelegated(self, inside):
+        """The nodes outside XNNPACK, as `"OP (layer)"` with any scale limit they break."""
+        found = []
+        for node in self.nodes:
+            if node["index"] in inside:
+                continue
+            problems = self.scale_problems(node)
+            suffix = f" [{'; '.join(problems)}]" if problems else ""
+            found.append(self.describe(node) + suffix)
+        return found
 
     def delegated(self):
         """Indices of the nodes inside some XNNPACK partition."""
@@ -589,10 +614,7 @@ def run_verification(
     graph = _Graph(interpreter, known_layers)
     report.xnnpack_partitions = len(graph.delegates)
     if not report.xnnpack_error:
-        inside = graph.delegated()
-        report.undelegated_ops = [
-            graph.describe(n) for n in graph.nodes if n["index"] not in inside
-        ]
+        report.undelegated_ops = graph.undelegated(graph.delegated())
         if (
             thresholds.max_partitions is not None
             and report.xnnpack_partitions > thresholds.max_partitions
