@@ -47,8 +47,9 @@ def fine_tuned_like(name):
     return clone
 
 
-def int8_binary_op_ratios(tflite_bytes):
-    """`(op, ratio, limit)` of every int8 ADD/SUB/MUL, from the quantised model's scales."""
+def _int8_binary_nodes(tflite_bytes):
+    """`(op name, [input, input, output] tensor details)` of each int8 ADD/SUB/MUL, read
+    through the interpreter (independently of `export.ranges`)."""
     interpreter = Interpreter(
         model_content=tflite_bytes,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
@@ -61,13 +62,20 @@ def int8_binary_op_ratios(tflite_bytes):
             interpreter._get_tensor_details(int(i), 0)  # noqa: SLF001
             for i in [*node["inputs"], *node["outputs"]]
         ]
-        if any(d["dtype"] != np.int8 for d in details):
-            continue
+        if all(d["dtype"] == np.int8 for d in details):
+            found.append((node["op_name"], details))
+    return found
+
+
+def int8_binary_op_ratios(tflite_bytes):
+    """`(op, ratio, limit)` of every int8 ADD/SUB/MUL, from the quantised model's scales."""
+    found = []
+    for op, details in _int8_binary_nodes(tflite_bytes):
         a, b, out = (float(d["quantization_parameters"]["scales"][0]) for d in details)
-        if node["op_name"] == "MUL":
+        if op == "MUL":
             found.append(("MUL", a * b / out, MUL_MIN_RATIO))
         else:
-            found.extend((node["op_name"], s / out, ADD_MIN_RATIO) for s in (a, b))
+            found.extend((op, s / out, ADD_MIN_RATIO) for s in (a, b))
     return found
 
 
@@ -113,27 +121,10 @@ def test_int8_scale_problems_agree_with_the_quantised_scales(monkeypatch):
         ratios = int8_binary_op_ratios(tflite_bytes)
         below = sum(ratio < limit for _, ratio, limit in ratios)
         checked, found = int8_scale_problems(tflite_bytes)
-        assert checked == len(_binary_ops(tflite_bytes))
+        assert checked == len(_int8_binary_nodes(tflite_bytes))
         assert sum(len(f["problems"]) for f in found) == below
         assert bool(found) == expect_problems
         assert all(f["op"] in ("ADD", "SUB") and "< 2^-10" in f["problems"][0] for f in found)
-
-
-def _binary_ops(tflite_bytes):
-    """`(op index, op name)` of each int8 ADD/SUB/MUL, through the interpreter."""
-    interpreter = Interpreter(
-        model_content=tflite_bytes,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    return [
-        (node["index"], node["op_name"])
-        for node in interpreter._get_ops_details()  # noqa: SLF001
-        if node["op_name"] in ("ADD", "SUB", "MUL")
-        and all(
-            interpreter._get_tensor_details(int(i), 0)["dtype"] == np.int8  # noqa: SLF001
-            for i in [*node["inputs"], *node["outputs"]]
-        )
-    ]
 
 
 def test_scale_ratio_problems_at_the_limits():

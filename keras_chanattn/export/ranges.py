@@ -28,7 +28,7 @@ import numpy as np
 
 ADD_MIN_RATIO = 2.0**-10
 MUL_MIN_RATIO = 2.0**-16
-MAX_RATIO = 2.0**8  # upper limit of both: checked, not fitted (the benchmarks met at most 2.2)
+MAX_RATIO = 2.0**8  # the upper limit of both ratios: checked, not fitted
 MARGIN = 2.0  # widen to twice the limit: the quantiser nudges ranges to put 0 on the grid
 
 
@@ -90,6 +90,28 @@ def _constant_width(model, subgraph, index):
     return _range(float(values.min()), float(values.max())) if values.size else None
 
 
+def builtin_names():
+    """`{builtin op code: name}` of the TFLite schema (`"ADD"`, `"CONV_2D"`, ...)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {
+        value: name
+        for name, value in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_") and isinstance(value, int)
+    }
+
+
+def _op_namer(model):
+    """`operator -> builtin op name ("ADD", ...)` for the operators of `model`."""
+    names = builtin_names()
+
+    def name(operator):
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+
+    return name
+
+
 def fit_xnnpack_ranges(calibrated, float_outputs=()):
     """Widens the recorded ranges of a calibrated model to XNNPACK's int8 scale limits.
 
@@ -109,7 +131,7 @@ def fit_xnnpack_ranges(calibrated, float_outputs=()):
     buffer = bytearray(calibrated)
     model = schema.Model.GetRootAs(buffer, 0)
     subgraph = model.Subgraphs(0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op_name = _op_namer(model)
     stats = _tensor_stats(model, subgraph)
     readers = _readers(subgraph)
     widened = []
@@ -126,8 +148,7 @@ def fit_xnnpack_ranges(calibrated, float_outputs=()):
     # which the producer's own check (later in this loop) then sees.
     for i in reversed(range(subgraph.OperatorsLength())):
         operator = subgraph.Operators(i)
-        code = model.OperatorCodes(operator.OpcodeIndex())
-        op = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+        op = op_name(operator)
         inputs = [int(index) for index in operator.InputsAsNumpy()]
         output = int(operator.OutputsAsNumpy()[0])
         if op not in ("ADD", "SUB", "MUL") or len(inputs) != 2 or output not in stats:
@@ -206,7 +227,7 @@ def int8_scale_problems(tflite):
         raise ValueError("not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4-8)")
     model = schema.Model.GetRootAs(tflite, 0)
     subgraph = model.Subgraphs(0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op_name = _op_namer(model)
 
     def scale(index):
         tensor = subgraph.Tensors(index)
@@ -218,8 +239,7 @@ def int8_scale_problems(tflite):
     checked, found = 0, []
     for i in range(subgraph.OperatorsLength()):
         operator = subgraph.Operators(i)
-        code = model.OperatorCodes(operator.OpcodeIndex())
-        op = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+        op = op_name(operator)
         tensors = [int(t) for t in operator.InputsAsNumpy()] + [int(operator.Outputs(0))]
         if op not in ("ADD", "SUB", "MUL") or len(tensors) != 3:
             continue

@@ -47,7 +47,7 @@ from keras_chanattn.export.inputs import (
     synthetic_images,
     value_range,
 )
-from keras_chanattn.export.ranges import scale_ratio_problems
+from keras_chanattn.export.ranges import builtin_names, scale_ratio_problems
 from keras_chanattn.export.saved_model import keras_outputs, output_order
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -250,16 +250,6 @@ class VerificationReport(CheckReport):
 # --- the graph -------------------------------------------------------------------------
 
 
-def _builtin_names():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return {
-        value: name
-        for name, value in vars(schema.BuiltinOperator).items()
-        if not name.startswith("_") and isinstance(value, int)
-    }
-
-
 def flatbuffer_ops(tflite_bytes):
     """The op of every operator in every subgraph of a `.tflite`, read from the flatbuffer.
 
@@ -269,7 +259,7 @@ def flatbuffer_ops(tflite_bytes):
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    names = _builtin_names()
+    names = builtin_names()
     model = schema.Model.GetRootAs(tflite_bytes, 0)
     codes = []
     for i in range(model.OperatorCodesLength()):
