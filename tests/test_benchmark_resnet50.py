@@ -181,6 +181,32 @@ def test_extra_epochs_go_to_the_named_model_only(monkeypatch, capsys):
         bench.main(["--fine-tune-epochs", "1", "--blocks", "se", "--extra-epochs", "sa=1"])
 
 
+def test_untuned_baselines_fine_tune_the_blocks_models_only(monkeypatch, capsys):
+    bench = script()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--untuned-baselines"])
+    assert "--untuned-baselines needs --fine-tune-epochs" in capsys.readouterr().err
+    argv = ["--image-size", "8", "--fine-tune-epochs", "1", "--no-recalibrate-bn"]
+    args = bench.parse_args([*argv, "--untuned-baselines"])
+    import keras_chanattn.train as train
+
+    tuned = []
+
+    def fit_classifier(build, data, config, verbose):
+        model = build()
+        tuned.append(model.name)
+        return model, {"val_accuracy": 0.5}
+
+    monkeypatch.setattr(train, "fit_classifier", fit_classifier)
+    models = {label: keras.Sequential(name=label) for label in ("plain", "floor", "se", "srm")}
+    assert bench.fine_tune(models, args) == {"se": (0.5, None), "srm": (0.5, None)}
+    assert tuned == ["se", "srm"]
+    assert "not fine-tuning plain" in capsys.readouterr().out
+    tuned.clear()
+    assert list(bench.fine_tune(models, bench.parse_args(argv))) == list(models)
+    assert tuned == list(models)
+
+
 @pytest.mark.parametrize("recalibrate", [True, False])
 def test_fine_tune_reports_accuracy_before_and_after_recalibration(recalibrate):
     bench = script()
