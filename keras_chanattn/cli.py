@@ -464,25 +464,27 @@ def _bench(args):
 
 @command(
     "int8-limits",
-    "List the int8 ADD/SUB/MUL of .tflite files whose scales XNNPACK refuses.",
+    "List the int8 ADD/SUB/MUL of .tflite files whose scales XNNPACK refuses "
+    "(exit 0: none; 1: some; 2: a file could not be read, the others still checked).",
     [(("paths",), {"nargs": "+", "metavar": "FILE", "help": ".tflite files"})],
 )
 def _int8_limits(args):
     from keras_chanattn.export.ranges import int8_scale_problems
 
-    status = 0
+    unreadable = outside = False
     for path in args.paths:
         try:
             with open(path, "rb") as file:
                 checked, found = int8_scale_problems(file.read())
         except (OSError, ValueError) as error:
             print(f"chanattn int8-limits: {path}: {error}", file=sys.stderr)
-            return 2
+            unreadable = True
+            continue
         print(f"{path}: {checked} int8 ADD/SUB/MUL, {len(found)} outside XNNPACK's limits")
         for problem in found:
             print(f"  {problem['op']} {problem['tensor']}: {'; '.join(problem['problems'])}")
-        status = status or int(bool(found))
-    return status
+        outside = outside or bool(found)
+    return 2 if unreadable else int(outside)
 
 
 def build_parser():

@@ -156,6 +156,12 @@ def test_int8_limits_cli(tmp_path, monkeypatch, capsys):
     assert "SUB " in printed and "< 2^-10" in printed
     assert cli_main(["int8-limits", str(tmp_path / "notes.txt")]) == 2
     assert "not a TFLite flatbuffer" in capsys.readouterr().err
+    # An unreadable file does not stop the check of the files after it.
+    paths = [str(tmp_path / name) for name in ("missing.tflite", "notes.txt", "split.tflite")]
+    assert cli_main(["int8-limits", *paths]) == 2
+    printed = capsys.readouterr()
+    assert "missing.tflite" in printed.err and "notes.txt" in printed.err
+    assert "split.tflite: " in printed.out and "< 2^-10" in printed.out
 
 
 def _converter_int8(model, images):
