@@ -608,8 +608,8 @@ def bench(
             reports[(label, fmt)] = export_tflite(
                 models[label], path, fmt,
                 representative_data=representative_data if fmt == "int8" else None,
-                validation_data=held_out[label], overwrite=overwrite,
-                num_calibration_samples=num_calibration_samples, enforce=False,
+                validation_data=held_out[label], max_validation_samples=max_samples,
+                overwrite=overwrite, num_calibration_samples=num_calibration_samples, enforce=False,
                 report_path=report_path, num_threads=num_threads, seed=seed,
             )  # fmt: skip
         except ConversionError as error:

@@ -155,6 +155,30 @@ def test_fidelity_and_accuracy_figures(run):
     assert result.config["held_out_samples"] == {"plain": HELD_OUT, "se": HELD_OUT, "eca": HELD_OUT}
 
 
+def test_verification_uses_every_held_out_image_asked_for(digits, tmp_path):
+    """Past export_tflite's own default of 256: the agreement is over `max_samples`."""
+    x, y, _, _ = digits
+    (_, _), (xt, yt) = load_digits_images(SIZE)
+    count = 300
+    assert len(xt) >= count
+    keras.utils.set_random_seed(0)
+    result = bench(
+        {"plain": tiny_model(None, x, y)},
+        tmp_path,
+        formats=["float32"],
+        validation_data=(xt, yt),
+        max_samples=count,
+        runs=1,
+        warmup=0,
+        flops=False,
+        plots=False,
+        verbose=0,
+    )
+    assert result.config["held_out_samples"] == {"plain": count}
+    with open(tmp_path / "tflite" / "plain_float32.json") as file:
+        assert json.load(file)["held_out"]["samples"] == count
+
+
 def test_report_files_hold_the_rows(run):
     _, result, out = run
     assert set(result.files) == set(REPORT_FILES)
