@@ -41,7 +41,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def digits():
     (x, y), (xt, yt) = load_digits_images(SIZE)
-    return x, y, xt[:HELD_OUT], yt[:HELD_OUT]
+    return x, y, xt, yt  # the whole test split; most tests take HELD_OUT of it
 
 
 def tiny_model(block, x, y):
@@ -63,6 +63,7 @@ def tiny_model(block, x, y):
 @pytest.fixture(scope="module")
 def run(digits, tmp_path_factory):
     x, y, xt, yt = digits
+    xt, yt = xt[:HELD_OUT], yt[:HELD_OUT]
     keras.utils.set_random_seed(0)
     models = {name: tiny_model(block, x, y) for name, block in [("plain", None), ("se", "se")]}
     models["eca"] = tiny_model("eca", x, y)
@@ -157,8 +158,7 @@ def test_fidelity_and_accuracy_figures(run):
 
 def test_verification_uses_every_held_out_image_asked_for(digits, tmp_path):
     """Past export_tflite's own default of 256: the agreement is over `max_samples`."""
-    x, y, _, _ = digits
-    (_, _), (xt, yt) = load_digits_images(SIZE)
+    x, y, xt, yt = digits
     count = 300
     assert len(xt) >= count
     keras.utils.set_random_seed(0)

@@ -157,13 +157,9 @@ def test_agreement_is_a_goal_only_after_a_fine_tune():
     assert goal("cbam", {**row, "top1_agreement": None}, 1.2, fine_tuned=True).startswith("MISSED")
 
 
-def test_extra_epochs_go_to_the_named_model_only(monkeypatch, capsys):
-    bench = script()
-    args = bench.parse_args(
-        ["--image-size", "8", "--fine-tune-epochs", "1", "--extra-epochs", "sa=2",
-         "--no-recalibrate-bn"]
-    )  # fmt: skip
-    assert args.extra_epochs == {"sa": 2}
+def _record_fine_tunes(monkeypatch):
+    """Replaces the training with a stub that records `{model name: epochs}` (in call
+    order) and reports validation accuracy 0.5; returns that record."""
     import keras_chanattn.train as train
 
     epochs = {}
@@ -174,6 +170,17 @@ def test_extra_epochs_go_to_the_named_model_only(monkeypatch, capsys):
         return model, {"val_accuracy": 0.5}
 
     monkeypatch.setattr(train, "fit_classifier", fit_classifier)
+    return epochs
+
+
+def test_extra_epochs_go_to_the_named_model_only(monkeypatch, capsys):
+    bench = script()
+    args = bench.parse_args(
+        ["--image-size", "8", "--fine-tune-epochs", "1", "--extra-epochs", "sa=2",
+         "--no-recalibrate-bn"]
+    )  # fmt: skip
+    assert args.extra_epochs == {"sa": 2}
+    epochs = _record_fine_tunes(monkeypatch)
     models = {label: keras.Sequential(name=label) for label in ("plain", "sa")}
     assert bench.fine_tune(models, args) == {"plain": (0.5, None), "sa": (0.5, None)}
     assert epochs == {"plain": 1, "sa": 3}
@@ -188,23 +195,14 @@ def test_untuned_baselines_fine_tune_the_blocks_models_only(monkeypatch, capsys)
     assert "--untuned-baselines needs --fine-tune-epochs" in capsys.readouterr().err
     argv = ["--image-size", "8", "--fine-tune-epochs", "1", "--no-recalibrate-bn"]
     args = bench.parse_args([*argv, "--untuned-baselines"])
-    import keras_chanattn.train as train
-
-    tuned = []
-
-    def fit_classifier(build, data, config, verbose):
-        model = build()
-        tuned.append(model.name)
-        return model, {"val_accuracy": 0.5}
-
-    monkeypatch.setattr(train, "fit_classifier", fit_classifier)
+    tuned = _record_fine_tunes(monkeypatch)
     models = {label: keras.Sequential(name=label) for label in ("plain", "floor", "se", "srm")}
     assert bench.fine_tune(models, args) == {"se": (0.5, None), "srm": (0.5, None)}
-    assert tuned == ["se", "srm"]
+    assert list(tuned) == ["se", "srm"]
     assert "not fine-tuning plain" in capsys.readouterr().out
     tuned.clear()
     assert list(bench.fine_tune(models, bench.parse_args(argv))) == list(models)
-    assert tuned == list(models)
+    assert list(tuned) == list(models)
 
 
 @pytest.mark.parametrize("recalibrate", [True, False])
