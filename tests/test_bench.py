@@ -214,12 +214,32 @@ def test_plots_are_valid_pngs(run):
         assert np.ptp(image) > 0  # something is drawn
 
 
-def test_existing_reports_are_kept_unless_overwrite(run, digits):
+def test_existing_reports_are_kept_unless_overwrite(run):
     models, result, out = run
     before = (out / REPORT_FILES["json"]).read_bytes()
     with pytest.raises(FileExistsError, match="overwrite"):
         bench(models, out, formats=["float32"], verbose=0)
     assert (out / REPORT_FILES["json"]).read_bytes() == before
+
+
+def test_overwrite_replaces_the_reports(run, tmp_path):
+    models, first, _ = run
+    exported = {m: {"float32": first.reports[(m, "float32")]} for m in models}
+
+    def bench_again(overwrite):
+        return bench(
+            models, tmp_path, formats=["float32"], exported=exported, runs=2, warmup=0,
+            plots=False, overwrite=overwrite, verbose=0,
+        )  # fmt: skip
+
+    bench_again(overwrite=False)
+    report = tmp_path / REPORT_FILES["json"]
+    report.write_text("a report the user keeps\n")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        bench_again(overwrite=False)
+    assert report.read_text() == "a report the user keeps\n"
+    result = bench_again(overwrite=True)
+    assert report.read_text() == result.to_json() + "\n"
 
 
 def test_exported_files_are_timed_without_exporting_again(run, tmp_path):
