@@ -21,7 +21,8 @@ the floor and to the plain network are comparable. Per model it prints: latency 
 p90, the ratios, the XNNPACK partitions, the ops left outside XNNPACK, the float ops kept
 in the int8 graph, the .tflite size, and the top-1 agreement of the int8 model with the
 float Keras model on held-out images, with the out-of-distribution probes' figures beside
-it; then the issue's goals, met or not.
+it; then the issue's goals, met or not, and the export verification's failed checks (the
+benchmark records them instead of stopping).
 
 Data: int8 is calibrated on `--calibration` real images and verified on `--held-out` other
 ones: scikit-learn's embedded handwritten digits (8x8 grey scans upsampled bilinearly to the
@@ -421,6 +422,23 @@ def goal(label, row, floor_ratio, fine_tuned=False):
     return "met" if limit is not None else "1 partition"
 
 
+def row_notes(label, row):
+    """The report's notes on one model's row: its ops outside XNNPACK, float ops kept and
+    int8 ranges widened, and the verification checks it failed (recorded in the row, not
+    enforced by the benchmark)."""
+    notes = []
+    if row["undelegated_ops"] or row["float_ops"] or row["widened_ranges"] or not row["xnnpack"]:
+        notes.append(
+            f"{label}: outside XNNPACK: {op_summary(row['undelegated_ops'])}; float ops kept: "
+            f"{op_summary(row['float_ops'])}; int8 ranges widened for XNNPACK: "
+            f"{op_summary(row['widened_ranges'])}"
+            + ("" if row["xnnpack"] else "; XNNPACK refused the model (LiteRT kernels)")
+        )
+    if row["failures"]:
+        notes.append(f"{label}: failed verification checks: {'; '.join(row['failures'])}")
+    return notes
+
+
 def report(result, classes, accuracy, args, how, elapsed):
     header = (
         f"{'model':<18}{'median ms':>10}{'p90 ms':>9}{'/floor':>8}{'/plain':>8}{'parts':>6}"
@@ -480,19 +498,7 @@ def report(result, classes, accuracy, args, how, elapsed):
             f"{row['probe_relative_error']:>10.3f}  "
             f"{goal(label, row, floor_ratio, bool(args.fine_tune_epochs))}"
         )
-        outside, floats = op_summary(row["undelegated_ops"]), op_summary(row["float_ops"])
-        widened = op_summary(row["widened_ranges"])
-        if (
-            row["undelegated_ops"]
-            or row["float_ops"]
-            or row["widened_ranges"]
-            or not row["xnnpack"]
-        ):
-            details.append(
-                f"{label}: outside XNNPACK: {outside}; float ops kept: {floats}; int8 ranges "
-                f"widened for XNNPACK: {widened}"
-                + ("" if row["xnnpack"] else "; XNNPACK refused the model (LiteRT kernels)")
-            )
+        details += row_notes(label, row)
     floor_row = result.row(FLOOR, "int8")
     lines += [
         "",

@@ -157,6 +157,20 @@ def test_agreement_is_a_goal_only_after_a_fine_tune():
     assert goal("cbam", {**row, "top1_agreement": None}, 1.2, fine_tuned=True).startswith("MISSED")
 
 
+def test_report_notes_name_the_failed_verification_checks():
+    row_notes = script().row_notes
+    row = {"undelegated_ops": [], "float_ops": [], "widened_ranges": [], "xnnpack": True,
+           "failures": []}  # fmt: skip
+    assert row_notes("se", row) == []
+    failed = {**row, "failures": ["relative error 0.3 > 0.2", "top-1 agreement 0.9 < 0.98"]}
+    assert row_notes("ge", failed) == [
+        "ge: failed verification checks: relative error 0.3 > 0.2; top-1 agreement 0.9 < 0.98"
+    ]
+    kept = {**row, "float_ops": ["SQRT (a)", "SQRT (b)"], "xnnpack": False}
+    (note,) = row_notes("srm", kept)
+    assert "float ops kept: SQRT x2" in note and "XNNPACK refused" in note
+
+
 def _record_fine_tunes(monkeypatch):
     """Replaces the training with a stub that records `{model name: epochs}` (in call
     order) and reports validation accuracy 0.5; returns that record."""
