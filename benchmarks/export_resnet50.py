@@ -121,7 +121,7 @@ def parse_args(argv=None):
         action="store_true",
         help="fine-tune the blocks' models only: plain and floor keep their starting weights "
         "and serve as latency baselines (the ratios need their times, not their accuracy); "
-        "saves two fine-tunes per run (at 224x224 on this project's 2-core CPU, 16-20 min each)",
+        "saves two fine-tunes per run (at 224x224 on this project's 2-core CPU, 15-20 min each)",
     )
     parser.add_argument(
         "--fine-tune-lr",
