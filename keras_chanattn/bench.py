@@ -78,7 +78,9 @@ COLUMNS = (
     "float_ops",  # full int8: float ops kept, as "OP (layer)"
     "widened_ranges",  # full int8: ranges widened for XNNPACK, as "OP (layer)"
     "max_abs_error",  # held-out images, TFLite against Keras
-    "relative_error",  # max abs error / max |Keras output|
+    "relative_error",  # max abs error / max |Keras output|: the worst image's
+    "image_relative_error_median",  # each image's own max abs error / max |Keras output|
+    "image_relative_error_p99",  # the same, 99th percentile
     "top1_agreement",
     "probe_relative_error",  # out-of-distribution probes
     "probe_top1_agreement",
@@ -746,6 +748,8 @@ def _row(label, fmt, counts, report, error):
             widened_ranges=[f"{w['op']} ({w['layer']})" for w in report.widened_ranges],
             max_abs_error=held.max_abs_error if held else None,
             relative_error=held.relative_error if held else None,
+            image_relative_error_median=held.median_image_relative_error if held else None,
+            image_relative_error_p99=held.p99_image_relative_error if held else None,
             top1_agreement=held.top1_agreement if held else None,
             probe_relative_error=probes.relative_error if probes else None,
             probe_top1_agreement=probes.top1_agreement if probes else None,

@@ -145,6 +145,10 @@ def test_fidelity_and_accuracy_figures(run):
             assert 0.0 <= row[key] <= 1.0, key
         if row["format"] != "float32":  # quantised: never exact, or the wrong file was run
             assert row["relative_error"] > 0 and row["max_abs_error"] > 0
+            assert row["image_relative_error_median"] > 0
+        # Per image: the median and 99th percentile lie below the worst image's error.
+        assert 0 <= row["image_relative_error_median"] <= row["image_relative_error_p99"]
+        assert row["image_relative_error_p99"] <= row["relative_error"]
         assert row["held_out_source"] == "validation_data"
         assert isinstance(row["verified"], bool)
         assert row["verified"] == (not row["failures"])

@@ -35,7 +35,7 @@ from keras_chanattn.export import saved_model as saved_model_module
 from keras_chanattn.export.artifacts import export_artifacts
 from keras_chanattn.export.inference import export_hints
 from keras_chanattn.export.inputs import as_images, probe_images
-from keras_chanattn.export.verify import attribute_layer
+from keras_chanattn.export.verify import attribute_layer, compare_outputs
 from keras_chanattn.layers import AttentionLayer
 from tests.layer_cases import CASES, randomize_weights
 
@@ -521,6 +521,79 @@ def test_report_attributes_ops_to_layers():
         "srm_folded"
     )
     assert attribute_layer("StatefulPartitionedCall_1:0", layers) is None
+
+
+def test_comparison_names_the_images_behind_the_relative_error():
+    rng = np.random.default_rng(0)
+    want = [rng.normal(size=(40, 5)).astype("float32"), rng.normal(size=(40, 2, 3))]
+    got = [w + rng.uniform(-0.01, 0.01, size=w.shape) for w in want]
+    got[0][7, np.argmin(want[0][7])] += 9.0  # the outlier; top-1 flips to the lowest class
+    got[1][3, 1, 2] += 0.5  # second worst, in the second output; top-1 kept
+    got[0][11, 0] = np.nan  # counted as non-finite; its finite errors still score
+    got[0][12] = np.nan  # nothing finite: left out of the per-image figures
+    got[1][12] = np.inf
+    metrics = compare_outputs(got, want)
+
+    # NumPy reference: each image's largest finite error over both outputs.
+    scale = max(np.abs(w).max() for w in want)
+    per_image = {}
+    for i in range(40):
+        errors = np.concatenate(
+            [np.abs(g[i] - w[i]).ravel() for g, w in zip(got, want, strict=True)]
+        )
+        if np.isfinite(errors).any():
+            per_image[i] = errors[np.isfinite(errors)].max() / scale
+    values = np.array(list(per_image.values()))
+    assert metrics.relative_error == pytest.approx(values.max())
+    assert metrics.median_image_relative_error == pytest.approx(np.median(values))
+    assert metrics.p99_image_relative_error == pytest.approx(np.percentile(values, 99))
+    assert metrics.median_image_relative_error < 0.02 / scale
+    assert [w["index"] for w in metrics.worst_images] == sorted(
+        per_image, key=per_image.get, reverse=True
+    )[:3]
+    assert metrics.worst_images[:2] == [
+        {"index": 7, "relative_error": pytest.approx(per_image[7]), "top1_agrees": False},
+        {"index": 3, "relative_error": pytest.approx(per_image[3]), "top1_agrees": True},
+    ]
+    assert metrics.nonfinite_outputs == 1 + 5 + 6
+    assert metrics.top1_agreement == pytest.approx(
+        np.mean(np.argmax(got[0], 1) == np.argmax(want[0], 1))
+    )
+    summary = metrics.image_error_summary()
+    assert f"median {np.median(values):.3g}" in summary
+    assert (
+        f"worst #7 {per_image[7]:.3g} (other top-1), #3 {per_image[3]:.3g} (same top-1)" in summary
+    )
+
+    # Without a class output there is no top-1 to report, per image either.
+    features = compare_outputs([got[1]], [want[1]])
+    assert {w["top1_agrees"] for w in features.worst_images} == {None}
+    assert "top-1" not in features.image_error_summary()
+    # Nothing finite at all: no per-image figures, and the summary says nothing.
+    broken = compare_outputs([np.full((2, 3), np.nan)], [np.ones((2, 3))])
+    assert broken.median_image_relative_error is None and broken.worst_images == []
+    assert broken.image_error_summary() == ""
+
+
+def test_relative_error_failure_gives_the_per_image_errors():
+    model = plain_model()
+    with pytest.raises(ExportVerificationError, match="relative error on held-out") as info:
+        verify_tflite(
+            convert_tflite(model, "int8", calibration_images()),
+            model,
+            "int8",
+            held_out_images(),
+            thresholds={"max_relative_error": 1e-6},
+            probes=False,
+        )
+    held = info.value.report.held_out
+    failure = next(f for f in info.value.report.failures if "relative error" in f)
+    assert held.image_error_summary() in failure
+    assert f"median {held.median_image_relative_error:.3g}" in failure
+    assert held.median_image_relative_error <= held.p99_image_relative_error
+    assert held.p99_image_relative_error <= held.relative_error
+    assert held.worst_images[0]["relative_error"] == pytest.approx(held.relative_error)
+    assert held.image_error_summary() in info.value.report.summary()
 
 
 # --- atomic writes and the overwrite guard ---------------------------------------------------

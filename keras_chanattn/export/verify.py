@@ -126,6 +126,14 @@ class ComparisonMetrics:
         top1_agreement: fraction of images with the same top-1 class (`None` when no output
             has shape `(N, classes)`).
         nonfinite_outputs: NaN or infinite values in the TFLite outputs.
+        median_image_relative_error: each image's own relative error (its max abs error
+            over the same `max |Keras output|`), median over the images. `relative_error`
+            is the largest of them: one outlier image sets it, and these say whether it
+            is one image or the whole set.
+        p99_image_relative_error: the same, 99th percentile (linear interpolation).
+        worst_images: the images with the largest relative errors, worst first, at most
+            `WORST_IMAGES`, as `{"index", "relative_error", "top1_agrees"}` (`top1_agrees`
+            is `None` when the model has no class output).
     """
 
     samples: int
@@ -134,6 +142,32 @@ class ComparisonMetrics:
     relative_error: float
     top1_agreement: float | None
     nonfinite_outputs: int
+    median_image_relative_error: float | None = None
+    p99_image_relative_error: float | None = None
+    worst_images: list = dataclasses.field(default_factory=list)
+
+    def image_error_summary(self):
+        """`relative error per image: median ..., 99th percentile ...; worst #i ...`, or ""
+        when no image has a finite error."""
+        if self.median_image_relative_error is None:
+            return ""
+        worst = ", ".join(
+            f"#{w['index']} {w['relative_error']:.3g}"
+            + (
+                ""
+                if w["top1_agrees"] is None
+                else f" ({'same' if w['top1_agrees'] else 'other'} top-1)"
+            )
+            for w in self.worst_images
+        )
+        return (
+            f"relative error per image: median {self.median_image_relative_error:.3g}, "
+            f"99th percentile {self.p99_image_relative_error:.3g}; worst {worst}"
+        )
+
+
+# How many of the worst images a `ComparisonMetrics` names.
+WORST_IMAGES = 3
 
 
 def compare_outputs(got, want):
@@ -145,19 +179,38 @@ def compare_outputs(got, want):
     finite = np.concatenate([d[np.isfinite(d)] for d in diffs])
     max_abs = float(finite.max()) if finite.size else float("nan")
     mean_abs = float(finite.mean()) if finite.size else float("nan")
-    scale = max(float(np.max(np.abs(w))) for w in want)
-    top1 = None
+    scale = max(max(float(np.max(np.abs(w))) for w in want), 1e-12)
+    agrees = None
     for g, w in zip(got, want, strict=True):
         if g.ndim == 2 and g.shape[1] >= 2:
-            top1 = float(np.mean(np.argmax(g, 1) == np.argmax(w, 1)))
+            agrees = np.argmax(g, 1) == np.argmax(w, 1)
             break
+    # Each image's largest finite error over all outputs (-inf for an image with none).
+    per_image = (
+        np.max([np.where(np.isfinite(d), d, -np.inf).reshape(len(d), -1).max(1) for d in diffs], 0)
+        / scale
+    )
+    scored = np.flatnonzero(np.isfinite(per_image))
+    worst = scored[np.argsort(-per_image[scored], kind="stable")][:WORST_IMAGES]
     return ComparisonMetrics(
         samples=int(len(want[0])),
         max_abs_error=max_abs,
         mean_abs_error=mean_abs,
-        relative_error=max_abs / max(scale, 1e-12),
-        top1_agreement=top1,
+        relative_error=max_abs / scale,
+        top1_agreement=None if agrees is None else float(np.mean(agrees)),
         nonfinite_outputs=nonfinite,
+        median_image_relative_error=float(np.median(per_image[scored])) if scored.size else None,
+        p99_image_relative_error=(
+            float(np.percentile(per_image[scored], 99)) if scored.size else None
+        ),
+        worst_images=[
+            {
+                "index": int(i),
+                "relative_error": float(per_image[i]),
+                "top1_agrees": None if agrees is None else bool(agrees[i]),
+            }
+            for i in worst
+        ],
     )
 
 
@@ -234,6 +287,8 @@ class VerificationReport(CheckReport):
                     f"  {label} ({metrics.samples}): max abs err {metrics.max_abs_error:.3g}, "
                     f"rel err {metrics.relative_error:.3g}, top-1 agreement {top1}"
                 )
+                if metrics.image_error_summary():
+                    lines.append(f"    {metrics.image_error_summary()}")
         if self.undelegated_ops:
             lines.append(f"  outside XNNPACK: {', '.join(self.undelegated_ops)}")
         floats = [f"{f['op']} ({f['layer']})" for f in self.float_ops]
@@ -523,9 +578,11 @@ def _check_metrics(failures, label, metrics, max_rel, min_top1, max_abs=None):
     if metrics.nonfinite_outputs:
         failures.append(f"{metrics.nonfinite_outputs} NaN/infinite TFLite outputs on {label}")
     if max_rel is not None and not metrics.relative_error <= max_rel:
+        per_image = metrics.image_error_summary()
         failures.append(
             f"relative error on {label} {metrics.relative_error:.3g} > {max_rel:.3g} "
-            f"(max abs error {metrics.max_abs_error:.3g})"
+            f"(max abs error {metrics.max_abs_error:.3g}"
+            + (f"; {per_image})" if per_image else ")")
         )
     if max_abs is not None and not metrics.max_abs_error <= max_abs:
         failures.append(f"max abs error on {label} {metrics.max_abs_error:.3g} > {max_abs:.3g}")
