@@ -52,6 +52,12 @@ trains that plain ResNet-50 from scratch on the digits' training split, saves it
 `--weights` would with that file (the blocks inserted into a trained network, then each
 model fine-tuned). On this project's 2-core CPU that is practical at `--image-size 112`.
 
+`--save-models` keeps every model (after its fine-tune) as `<label>.keras` in the output
+folder's `models/`, with the run's settings and accuracies in `run.json`; `--models-from
+OUT/models` then exports, verifies and times those same models again without fine-tuning
+them (a failed verification can be looked into after the run; at 224x224 the fine-tunes
+are most of a run's time).
+
 Not a test: the full run takes tens of minutes. From the repository root:
 
     python benchmarks/export_resnet50.py                      # 224x224, every block
@@ -60,11 +66,13 @@ Not a test: the full run takes tens of minutes. From the repository root:
         --weights resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5   # after fine-tuning
     python benchmarks/export_resnet50.py --image-size 112 --pretrain-epochs 8 \
         --fine-tune-epochs 1 --held-out 450 --runs 20     # no weights file: pretrain first
+    python benchmarks/export_resnet50.py --models-from export/runs/NAME/models --blocks ge
 """
 
 import argparse
 import collections
 import datetime
+import json
 import os
 import sys
 import time
@@ -90,6 +98,24 @@ PRETRAINED_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # What `--pretrain-epochs` writes into the output folder: the digits-trained plain
 # ResNet-50's weights without its head, in the form keras.applications' `weights=` loads.
 DIGITS_PRETRAINED_FILE = "resnet50_digits_notop.weights.h5"
+# `--save-models` writes each model as `<label>.keras` into this folder of the output
+# folder, with RUN_FILE: the settings the models were made with and their validation
+# accuracy; `--models-from` reads them back.
+MODELS_FOLDER = "models"
+RUN_FILE = "run.json"
+# The settings RUN_FILE keeps: what the report says of how the models were made.
+RUN_SETTINGS = (
+    "image_size",
+    "fine_tune_epochs",
+    "extra_epochs",
+    "untuned_baselines",
+    "fine_tune_lr",
+    "recalibrate_bn",
+    "weights",
+    "pretrain_epochs",
+    "block_init",
+    "seed",
+)
 # keras.applications.resnet50.preprocess_input's per-channel means (BGR, on 0-255 pixels);
 # the digits are grey, so the channel order does not matter.
 CAFFE_MEANS = (103.939, 116.779, 123.68)
@@ -165,7 +191,45 @@ def parse_args(argv=None):
         "would be; default: their initialisation, where zero-initialised weights (SGE, SA, "
         "GC) leave exactly-zero int8 tensors that XNNPACK refuses",
     )
+    parser.add_argument(
+        "--save-models",
+        action="store_true",
+        help=f"save every model (after its fine-tune) as <label>.keras in OUT/{MODELS_FOLDER}/, "
+        f"with {RUN_FILE} (settings and validation accuracy), so --models-from can export and "
+        "time them again without the fine-tunes (about 100 MB per ResNet-50)",
+    )
+    parser.add_argument(
+        "--models-from",
+        default=None,
+        metavar="DIR",
+        help=f"read the models from DIR (a --save-models run's OUT/{MODELS_FOLDER}) instead of "
+        "building and fine-tuning them; --blocks picks among them (default: all); the image "
+        "size and the fine-tune settings are the saved run's",
+    )
     args = parser.parse_args(argv)
+    if args.models_from is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--weights", args.weights),
+                ("--pretrain-epochs", args.pretrain_epochs),
+                ("--fine-tune-epochs", args.fine_tune_epochs),
+                ("--extra-epochs", args.extra_epochs),
+                ("--untuned-baselines", args.untuned_baselines),
+                ("--save-models", args.save_models),
+            )
+            if value
+        ]
+        if given:
+            parser.error(
+                f"--models-from reads models made already; {', '.join(given)} would make "
+                "them: leave it out."
+            )
+        if not os.path.isfile(os.path.join(args.models_from, RUN_FILE)):
+            parser.error(
+                f"--models-from {args.models_from}: no {RUN_FILE} there. Give the "
+                f"{MODELS_FOLDER} folder of a run made with --save-models."
+            )
     if args.weights is not None:
         if not os.path.isfile(args.weights):
             parser.error(
@@ -352,10 +416,11 @@ def pretrain(args, out, data=None):
     return path
 
 
-def fine_tune(models, args):
+def fine_tune(models, args, on_tuned=None):
     """Fine-tunes every model on the digits, then (unless `--no-recalibrate-bn`)
     re-estimates its BatchNorm statistics on the unaugmented training images. Returns
-    `{label: (validation accuracy after the fine-tune, after the recalibration or None)}`."""
+    `{label: (validation accuracy after the fine-tune, after the recalibration or None)}`;
+    `on_tuned(label, model, accuracy so far)` is called after each model."""
     from keras_chanattn.data import digits_data
     from keras_chanattn.train import fit_classifier, recalibrate_batch_norm
 
@@ -378,7 +443,81 @@ def fine_tune(models, args):
             recalibrated = validation_accuracy(models[label], *validation)
             print(f"  after recalibrating {count} BatchNorm layers: {recalibrated:.4f}")
         accuracy[label] = (summary["val_accuracy"], recalibrated)
+        if on_tuned is not None:
+            on_tuned(label, models[label], accuracy)
     return accuracy
+
+
+class ModelSaver:
+    """`--save-models`: writes each model to `<folder>/<label>.keras` (atomically) and,
+    after each, `<folder>/run.json` with the run's settings and the accuracies so far, so
+    that an interrupted run keeps the models it finished. Every path is checked when the
+    saver is made, before any training: an existing file stops the run unless
+    `--overwrite`."""
+
+    def __init__(self, folder, args, labels):
+        from keras_chanattn.export.files import check_output_path
+
+        self.folder, self.args, self.saved = folder, args, []
+        for name in [*(f"{label}.keras" for label in labels), RUN_FILE]:
+            check_output_path(os.path.join(folder, name), args.overwrite, "file")
+
+    def __call__(self, label, model, accuracy):
+        from keras_chanattn.export.files import atomic_output, write_text
+
+        # Paths checked in __init__; overwrite=True here replaces this run's own run.json.
+        with atomic_output(os.path.join(self.folder, f"{label}.keras"), True) as tmp:
+            suffixed = tmp + ".keras"  # Keras insists on the suffix
+            try:
+                model.save(suffixed)
+                os.rename(suffixed, tmp)
+            finally:
+                if os.path.exists(suffixed):
+                    os.remove(suffixed)
+        self.saved.append(label)
+        run = {
+            "settings": {key: getattr(self.args, key) for key in RUN_SETTINGS},
+            "models": self.saved,
+            "accuracy": {k: list(v) for k, v in accuracy.items()},
+        }
+        write_text(os.path.join(self.folder, RUN_FILE), json.dumps(run, indent=2) + "\n", True)
+
+    def save_rest(self, models, accuracy):
+        """Saves the models not saved after a fine-tune (the untuned baselines)."""
+        for label, model in models.items():
+            if label not in self.saved:
+                self(label, model, accuracy)
+
+
+def load_models(args, blocks):
+    """`--models-from`: `(models, accuracy)` read from a `--save-models` folder, plain and
+    floor first, then `blocks` (default: every block saved) and srm_scaled where saved.
+    The saved run's settings replace `args`' (the report describes those models)."""
+    import keras
+
+    import keras_chanattn  # noqa: F401  (registers the layers the files name)
+
+    folder = args.models_from
+    with open(os.path.join(folder, RUN_FILE)) as f:
+        run = json.load(f)
+    saved = run["models"]
+    wanted = [PLAIN, FLOOR, *(blocks or [m for m in saved if m not in (PLAIN, FLOOR)])]
+    if blocks and "srm" in blocks and SRM_SCALED in saved:
+        wanted.append(SRM_SCALED)
+    missing = [label for label in wanted if label not in saved]
+    if missing:
+        sys.exit(
+            f"--models-from {folder}: {', '.join(missing)} not saved there (saved: "
+            f"{', '.join(saved)}). Run the benchmark with --save-models for them."
+        )
+    for key, value in run["settings"].items():
+        setattr(args, key, value)
+    models = {}
+    for label in wanted:
+        print(f"reading {label} from {folder}")
+        models[label] = keras.saving.load_model(os.path.join(folder, f"{label}.keras"))
+    accuracy = {k: tuple(v) for k, v in run["accuracy"].items() if k in models}
+    return models, accuracy
 
 
 def validation_accuracy(model, images, labels):
@@ -475,6 +614,14 @@ def report(result, classes, accuracy, args, how, elapsed):
             if args.fine_tune_epochs
             else "."
         ),
+        *(
+            [
+                f"Models read from {args.models_from} (saved by a --save-models run; the "
+                "settings above are that run's): not fine-tuned again here."
+            ]
+            if args.models_from
+            else []
+        ),
         "",
         header,
         "-" * len(header),
@@ -541,24 +688,37 @@ def main(argv=None):
     from keras_chanattn.export.files import write_text
     from keras_chanattn.layers import list_attention
 
-    blocks = args.blocks.split(",") if args.blocks else list_attention()
-    labels = [PLAIN, FLOOR, *blocks, *([SRM_SCALED] if "srm" in blocks else [])]
-    unknown = sorted(set(args.extra_epochs) - set(labels))
-    if unknown:
-        sys.exit(f"--extra-epochs names {unknown}, not models of this run: {', '.join(labels)}.")
     out = args.out or os.path.join(
         "export", "runs", f"bench-resnet50-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    calibration, held_out, how = images(args)
-    print(f"Data: {how}.")
-    if args.pretrain_epochs:
-        args.weights = pretrain(args, out)
-    models, skipped = build_models(args, blocks)
-    for label, reason in skipped.items():
-        print(f"skipping {label}: {reason}", file=sys.stderr)
-    if args.block_init == "random":
-        randomize_blocks(models, args.seed)
-    accuracy = fine_tune(models, args) if args.fine_tune_epochs else {}
+    if args.models_from is not None:
+        models, accuracy = load_models(args, args.blocks.split(",") if args.blocks else None)
+        skipped = {}
+        calibration, held_out, how = images(args)  # at the saved run's image size
+        print(f"Data: {how}.")
+    else:
+        blocks = args.blocks.split(",") if args.blocks else list_attention()
+        labels = [PLAIN, FLOOR, *blocks, *([SRM_SCALED] if "srm" in blocks else [])]
+        unknown = sorted(set(args.extra_epochs) - set(labels))
+        if unknown:
+            sys.exit(
+                f"--extra-epochs names {unknown}, not models of this run: {', '.join(labels)}."
+            )
+        saver = (
+            ModelSaver(os.path.join(out, MODELS_FOLDER), args, labels) if args.save_models else None
+        )
+        calibration, held_out, how = images(args)
+        print(f"Data: {how}.")
+        if args.pretrain_epochs:
+            args.weights = pretrain(args, out)
+        models, skipped = build_models(args, blocks)
+        for label, reason in skipped.items():
+            print(f"skipping {label}: {reason}", file=sys.stderr)
+        if args.block_init == "random":
+            randomize_blocks(models, args.seed)
+        accuracy = fine_tune(models, args, saver) if args.fine_tune_epochs else {}
+        if saver is not None:
+            saver.save_rest(models, accuracy)
     classes = distinct_classes(models, held_out)
     result = bench(
         models,

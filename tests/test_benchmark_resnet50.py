@@ -241,3 +241,91 @@ def test_fine_tune_reports_accuracy_before_and_after_recalibration(recalibrate):
     _, (images, labels) = load_digits_images(8, seed=args.seed)
     predicted = np.argmax(model.predict(images, verbose=0), 1)
     assert after == pytest.approx(np.mean(predicted == labels), abs=1e-9)
+
+
+def _residual_models(bench):
+    """plain, floor and se as the benchmark makes them, on a tiny residual network."""
+    from keras_chanattn.models import add_attention
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Add(name="block1_add")([x, keras.layers.Conv2D(8, 3, padding="same")(x)])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    plain = keras.Model(inputs, keras.layers.Dense(10)(x), name="plain")
+    floor = add_attention(plain, "ge", name="floor", **bench.FLOOR_GATE)
+    se = add_attention(plain, "se", name="se", reduction=2)
+    bench.randomize_blocks({"se": se}, seed=0)
+    return {"plain": plain, "floor": floor, "se": se}
+
+
+def test_saved_models_are_read_back_with_the_runs_settings(tmp_path, monkeypatch, capsys):
+    bench = script()
+    out = tmp_path / "run"
+    argv = ["--image-size", "8", "--fine-tune-epochs", "1", "--no-recalibrate-bn", "--seed", "3"]
+    args = bench.parse_args([*argv, "--untuned-baselines", "--save-models", "--out", str(out)])
+    models = _residual_models(bench)
+    folder = str(out / bench.MODELS_FOLDER)
+    saver = bench.ModelSaver(folder, args, list(models))
+    _record_fine_tunes(monkeypatch)
+    accuracy = bench.fine_tune(models, args, saver)
+    assert saver.saved == ["se"]  # saved as soon as it was tuned
+    saver.save_rest(models, accuracy)
+    assert sorted(os.listdir(folder)) == ["floor.keras", "plain.keras", "run.json", "se.keras"]
+
+    # The files exist now: a second run stops before training unless --overwrite.
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        bench.ModelSaver(folder, args, ["se"])
+    bench.ModelSaver(folder, bench.parse_args([*argv, "--overwrite"]), ["se"])
+
+    again = bench.parse_args(["--models-from", folder])
+    assert again.image_size == 224  # the default until the saved settings are read
+    loaded, loaded_accuracy = bench.load_models(again, None)
+    assert list(loaded) == ["plain", "floor", "se"]
+    assert loaded_accuracy == {"se": (0.5, None)}
+    assert (again.image_size, again.fine_tune_epochs, again.seed) == (8, 1, 3)
+    assert again.untuned_baselines and not again.recalibrate_bn
+    images = np.random.default_rng(0).uniform(size=(4, 8, 8, 3)).astype("float32")
+    for label, model in models.items():
+        want = model.predict(images, verbose=0)
+        np.testing.assert_allclose(loaded[label].predict(images, verbose=0), want, atol=1e-6)
+
+    with pytest.raises(SystemExit, match="eca not saved there"):
+        bench.load_models(bench.parse_args(["--models-from", folder]), ["eca"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fine-tune-epochs", "1"], "--fine-tune-epochs would make them"),
+        (["--save-models"], "--save-models would make them"),
+    ],
+)
+def test_models_from_takes_no_training_flags(extra, message, tmp_path, capsys):
+    bench = script()
+    (tmp_path / bench.RUN_FILE).write_text("{}")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models-from", str(tmp_path), *extra])
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models-from", str(tmp_path / "missing")])
+    assert f"no {bench.RUN_FILE} there" in capsys.readouterr().err
+
+
+def test_models_from_exports_and_times_the_saved_models(tmp_path, monkeypatch):
+    bench = script()
+    folder = str(tmp_path / "saved")
+    args = bench.parse_args(["--image-size", "8", "--fine-tune-epochs", "1", "--save-models"])
+    models = _residual_models(bench)
+    saver = bench.ModelSaver(folder, args, list(models))
+    saver.save_rest(models, {"se": (0.25, 0.75)})
+    out = tmp_path / "again"
+    argv = ["--models-from", folder, "--out", str(out), "--runs", "2", "--warmup", "1",
+            "--held-out", "20", "--calibration", "10"]  # fmt: skip
+    bench.main(argv)
+    text = (out / "resnet50_int8.txt").read_text()
+    assert f"Models read from {folder}" in text
+    assert "8x8" in text and "fine-tuned 1 epoch(s)" in text
+    assert "se                0.250 -> 0.750" in text
+    rows = [line.split()[0] for line in text.splitlines() if line[:6] in ("plain ", "floor ")]
+    assert rows[:2] == ["plain", "floor"]
