@@ -463,13 +463,19 @@ class ModelSaver:
             check_output_path(os.path.join(folder, name), args.overwrite, "file")
 
     def __call__(self, label, model, accuracy):
+        import keras
+
         from keras_chanattn.export.files import atomic_output, write_text
 
+        # A .keras file keeps a compiled model's optimizer state (AdamW: twice the weights
+        # again); an uncompiled copy keeps the weights only (clone_model would compile it).
+        copy = keras.Model.from_config(model.get_config())
+        copy.set_weights(model.get_weights())
         # Paths checked in __init__; overwrite=True here replaces this run's own run.json.
         with atomic_output(os.path.join(self.folder, f"{label}.keras"), True) as tmp:
             suffixed = tmp + ".keras"  # Keras insists on the suffix
             try:
-                model.save(suffixed)
+                copy.save(suffixed)
                 os.rename(suffixed, tmp)
             finally:
                 if os.path.exists(suffixed):

@@ -265,6 +265,9 @@ def test_saved_models_are_read_back_with_the_runs_settings(tmp_path, monkeypatch
     argv = ["--image-size", "8", "--fine-tune-epochs", "1", "--no-recalibrate-bn", "--seed", "3"]
     args = bench.parse_args([*argv, "--untuned-baselines", "--save-models", "--out", str(out)])
     models = _residual_models(bench)
+    # A trained model carries its optimizer's state; the saved file should not.
+    models["se"].compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    models["se"].fit(np.zeros((2, 8, 8, 3)), np.zeros(2), verbose=0)
     folder = str(out / bench.MODELS_FOLDER)
     saver = bench.ModelSaver(folder, args, list(models))
     _record_fine_tunes(monkeypatch)
@@ -289,6 +292,10 @@ def test_saved_models_are_read_back_with_the_runs_settings(tmp_path, monkeypatch
     for label, model in models.items():
         want = model.predict(images, verbose=0)
         np.testing.assert_allclose(loaded[label].predict(images, verbose=0), want, atol=1e-6)
+    assert not loaded["se"].compiled
+    # Without the optimizer's slots the file is about the size of the plain model's.
+    sizes = {label: os.path.getsize(os.path.join(folder, f"{label}.keras")) for label in models}
+    assert sizes["se"] < 1.5 * sizes["plain"]
 
     with pytest.raises(SystemExit, match="eca not saved there"):
         bench.load_models(bench.parse_args(["--models-from", folder]), ["eca"])
