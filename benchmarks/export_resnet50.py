@@ -388,7 +388,7 @@ def pretrain(args, out, data=None):
     without the head into `out` and returns the file's path: the weights every model of the
     comparison then starts from. An existing file is kept unless `--overwrite`."""
     from keras_chanattn.data import digits_data
-    from keras_chanattn.export.files import atomic_output, check_output_path
+    from keras_chanattn.export.files import check_output_path
     from keras_chanattn.train import fit_classifier
 
     path = os.path.join(out, DIGITS_PRETRAINED_FILE)
@@ -405,10 +405,18 @@ def pretrain(args, out, data=None):
     )
     print(f"  validation accuracy {summary['val_accuracy']:.4f}")
     backbone = next(layer for layer in model.layers if layer.name == "resnet50")
-    with atomic_output(path, args.overwrite) as tmp:
-        suffixed = tmp + ".weights.h5"  # Keras insists on the suffix
+    return write_atomically(path, ".weights.h5", backbone.save_weights, args.overwrite)
+
+
+def write_atomically(path, suffix, save, overwrite):
+    """Writes `path` through `save(file name)`, a Keras saver that insists on names ending
+    in `suffix`, atomically (`keras_chanattn.export.files.atomic_output`); returns `path`."""
+    from keras_chanattn.export.files import atomic_output
+
+    with atomic_output(path, overwrite) as tmp:
+        suffixed = tmp + suffix
         try:
-            backbone.save_weights(suffixed)
+            save(suffixed)
             os.rename(suffixed, tmp)
         finally:
             if os.path.exists(suffixed):
@@ -465,21 +473,14 @@ class ModelSaver:
     def __call__(self, label, model, accuracy):
         import keras
 
-        from keras_chanattn.export.files import atomic_output, write_text
+        from keras_chanattn.export.files import write_text
 
         # A .keras file keeps a compiled model's optimizer state (AdamW: twice the weights
         # again); an uncompiled copy keeps the weights only (clone_model would compile it).
         copy = keras.Model.from_config(model.get_config())
         copy.set_weights(model.get_weights())
         # Paths checked in __init__; overwrite=True here replaces this run's own run.json.
-        with atomic_output(os.path.join(self.folder, f"{label}.keras"), True) as tmp:
-            suffixed = tmp + ".keras"  # Keras insists on the suffix
-            try:
-                copy.save(suffixed)
-                os.rename(suffixed, tmp)
-            finally:
-                if os.path.exists(suffixed):
-                    os.remove(suffixed)
+        write_atomically(os.path.join(self.folder, f"{label}.keras"), ".keras", copy.save, True)
         self.saved.append(label)
         run = {
             "settings": {key: getattr(self.args, key) for key in RUN_SETTINGS},
