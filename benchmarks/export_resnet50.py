@@ -196,7 +196,7 @@ def parse_args(argv=None):
         action="store_true",
         help=f"save every model (after its fine-tune) as <label>.keras in OUT/{MODELS_FOLDER}/, "
         f"with {RUN_FILE} (settings and validation accuracy), so --models-from can export and "
-        "time them again without the fine-tunes (about 100 MB per ResNet-50)",
+        "time them again without the fine-tunes (about 95 MB per ResNet-50)",
     )
     parser.add_argument(
         "--models-from",
