@@ -287,8 +287,9 @@ class VerificationReport(CheckReport):
                     f"  {label} ({metrics.samples}): max abs err {metrics.max_abs_error:.3g}, "
                     f"rel err {metrics.relative_error:.3g}, top-1 agreement {top1}"
                 )
-                if metrics.image_error_summary():
-                    lines.append(f"    {metrics.image_error_summary()}")
+                per_image = metrics.image_error_summary()
+                if per_image:
+                    lines.append(f"    {per_image}")
         if self.undelegated_ops:
             lines.append(f"  outside XNNPACK: {', '.join(self.undelegated_ops)}")
         floats = [f"{f['op']} ({f['layer']})" for f in self.float_ops]
