@@ -81,6 +81,8 @@ COLUMNS = (
     "relative_error",  # max abs error / max |Keras output|: the worst image's
     "image_relative_error_median",  # each image's own max abs error / max |Keras output|
     "image_relative_error_p99",  # the same, 99th percentile
+    "saturated_images",  # full int8: held-out images with an output beyond the int8 range
+    "clipped_relative_error",  # full int8: the relative error with that clipping taken out
     "top1_agreement",
     "probe_relative_error",  # out-of-distribution probes
     "probe_top1_agreement",
@@ -750,6 +752,8 @@ def _row(label, fmt, counts, report, error):
             relative_error=held.relative_error if held else None,
             image_relative_error_median=held.median_image_relative_error if held else None,
             image_relative_error_p99=held.p99_image_relative_error if held else None,
+            saturated_images=held.saturated_images if held else None,
+            clipped_relative_error=held.clipped_relative_error if held else None,
             top1_agreement=held.top1_agreement if held else None,
             probe_relative_error=probes.relative_error if probes else None,
             probe_top1_agreement=probes.top1_agreement if probes else None,

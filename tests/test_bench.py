@@ -80,6 +80,9 @@ def run(digits, tmp_path_factory):
     return models, result, out
 
 
+SATURATION_COLUMNS = ("saturated_images", "clipped_relative_error")
+
+
 def test_every_column_is_present_for_every_model_and_format(run):
     models, result, _ = run
     expected = list(COLUMNS)
@@ -92,7 +95,9 @@ def test_every_column_is_present_for_every_model_and_format(run):
     for row in result.rows:
         assert list(row) == expected
         assert row["error"] is None
-        missing = [c for c in expected if row[c] is None and c != "error"]
+        # Only a full-int8 output is quantised, and has saturation figures.
+        optional = {"error"} | (set() if row["format"] == "int8" else set(SATURATION_COLUMNS))
+        missing = [c for c in expected if row[c] is None and c not in optional]
         assert not missing, (row["model"], row["format"], missing)
 
 
@@ -149,6 +154,11 @@ def test_fidelity_and_accuracy_figures(run):
         # Per image: the median and 99th percentile lie below the worst image's error.
         assert 0 <= row["image_relative_error_median"] <= row["image_relative_error_p99"]
         assert row["image_relative_error_p99"] <= row["relative_error"]
+        if row["format"] == "int8":
+            assert 0 <= row["saturated_images"] <= HELD_OUT
+            assert 0 < row["clipped_relative_error"] <= row["relative_error"]
+        else:
+            assert [row[c] for c in SATURATION_COLUMNS] == [None, None]
         assert row["held_out_source"] == "validation_data"
         assert isinstance(row["verified"], bool)
         assert row["verified"] == (not row["failures"])

@@ -35,7 +35,7 @@ from keras_chanattn.export import saved_model as saved_model_module
 from keras_chanattn.export.artifacts import export_artifacts
 from keras_chanattn.export.inference import export_hints
 from keras_chanattn.export.inputs import as_images, probe_images
-from keras_chanattn.export.verify import attribute_layer, compare_outputs
+from keras_chanattn.export.verify import attribute_layer, compare_outputs, quantized_range
 from keras_chanattn.layers import AttentionLayer
 from tests.layer_cases import CASES, randomize_weights
 
@@ -552,8 +552,18 @@ def test_comparison_names_the_images_behind_the_relative_error():
         per_image, key=per_image.get, reverse=True
     )[:3]
     assert metrics.worst_images[:2] == [
-        {"index": 7, "relative_error": pytest.approx(per_image[7]), "top1_agrees": False},
-        {"index": 3, "relative_error": pytest.approx(per_image[3]), "top1_agrees": True},
+        {
+            "index": 7,
+            "relative_error": pytest.approx(per_image[7]),
+            "top1_agrees": False,
+            "saturated": None,
+        },
+        {
+            "index": 3,
+            "relative_error": pytest.approx(per_image[3]),
+            "top1_agrees": True,
+            "saturated": None,
+        },
     ]
     assert metrics.nonfinite_outputs == 1 + 5 + 6
     assert metrics.top1_agreement == pytest.approx(
@@ -573,6 +583,72 @@ def test_comparison_names_the_images_behind_the_relative_error():
     broken = compare_outputs([np.full((2, 3), np.nan)], [np.ones((2, 3))])
     assert broken.median_image_relative_error is None and broken.worst_images == []
     assert broken.image_error_summary() == ""
+
+
+def test_comparison_separates_the_quantised_outputs_clipping():
+    rng = np.random.default_rng(1)
+    want = [rng.normal(size=(30, 4)), rng.normal(size=(30, 3))]
+    got = [w + rng.uniform(-0.01, 0.01, size=w.shape) for w in want]
+    ranges = [(-1.5, 1.0), None]  # the second output is float: never saturated
+    got[0] = np.clip(got[0], *ranges[0])  # what an int8 output does beyond its range
+    metrics = compare_outputs(got, want, ranges)
+
+    # NumPy reference: an image is saturated when a Keras value of the quantised output
+    # lies outside its range; the clipped error compares with the clipped Keras values.
+    beyond = ((want[0] < -1.5) | (want[0] > 1.0)).any(1)
+    scale = max(np.abs(w).max() for w in want)
+    clipped = max(
+        np.abs(got[0] - np.clip(want[0], -1.5, 1.0)).max(), np.abs(got[1] - want[1]).max()
+    )
+    assert metrics.saturated_images == beyond.sum() > 0
+    assert metrics.clipped_relative_error == pytest.approx(clipped / scale)
+    assert metrics.clipped_relative_error < 0.02 / scale < metrics.relative_error
+    for w in metrics.worst_images:
+        assert w["saturated"] == bool(beyond[w["index"]])
+    assert metrics.worst_images[0]["saturated"]  # the largest errors are the clipping's
+    assert (
+        f"{beyond.sum()} of 30 images beyond the quantised output's range (relative error "
+        f"{clipped / scale:.3g} within it)" in metrics.image_error_summary()
+    )
+    assert f"#{metrics.worst_images[0]['index']} " in metrics.image_error_summary()
+
+    # Float outputs only: no saturation figures, and nothing about them in the summary.
+    floats = compare_outputs(got, want, [None, None])
+    assert floats.saturated_images is None and floats.clipped_relative_error is None
+    assert {w["saturated"] for w in floats.worst_images} == {None}
+    assert "saturated" not in floats.image_error_summary()
+    assert "beyond" not in floats.image_error_summary()
+
+
+def test_saturated_int8_output_is_named_with_the_calibration_fix():
+    model = plain_model()
+    held_out = held_out_images()
+    # Calibrated on dimmed images, the int8 output range is too narrow for the held-out
+    # logits: the largest of them clip.
+    tflite = convert_tflite(model, "int8", calibration_images() * 0.3)
+    with pytest.raises(ExportVerificationError, match="relative error on held-out") as info:
+        verify_tflite(tflite, model, "int8", held_out, probes=False)
+    report = info.value.report
+    # The values that round to one of the int8 codes -128..127 (half a step beyond both).
+    scale, zero_point = report.outputs[0]["scale"], report.outputs[0]["zero_point"]
+    low, high = (-128.5 - zero_point) * scale, (127.5 - zero_point) * scale
+    assert quantized_range(report.outputs[0]) == pytest.approx((low, high))
+    logits = keras.ops.convert_to_numpy(model(held_out, training=False))
+    saturated = int(((logits < low) | (logits > high)).any(1).sum())
+    held = report.held_out
+    assert held.saturated_images == saturated > 0
+    assert held.clipped_relative_error < held.relative_error
+    assert held.worst_images[0]["saturated"]
+    hint = next(h for h in report.hints if "calibrat" in h)
+    assert f"{saturated} of {len(held_out)} held-out images" in hint
+    assert "num_calibration_samples" in hint and "--num-calibration" in hint
+    # Calibrated on the images themselves, nothing saturates and no such hint is given.
+    fine = verify_tflite(
+        convert_tflite(model, "int8", held_out), model, "int8", held_out, probes=False,
+        thresholds={"max_relative_error": 1e-6}, enforce=False,
+    )  # fmt: skip
+    assert fine.held_out.saturated_images == 0
+    assert not any("calibrat" in h for h in fine.hints)
 
 
 def test_relative_error_failure_gives_the_per_image_errors():

@@ -132,8 +132,16 @@ class ComparisonMetrics:
             is one image or the whole set.
         p99_image_relative_error: the same, 99th percentile (linear interpolation).
         worst_images: the images with the largest relative errors, worst first, at most
-            `WORST_IMAGES`, as `{"index", "relative_error", "top1_agrees"}` (`top1_agrees`
-            is `None` when the model has no class output).
+            `WORST_IMAGES`, as `{"index", "relative_error", "top1_agrees", "saturated"}`
+            (`top1_agrees` is `None` when the model has no class output, `saturated` when
+            no output is quantised).
+        saturated_images: images with a Keras output outside the range its quantised
+            TFLite output can represent (the range the calibration images set), where the
+            int8 output clips; `None` when no output is quantised.
+        clipped_relative_error: the relative error against the Keras outputs clipped to
+            those ranges: what is left when the clipping is taken out (`None` when no
+            output is quantised). Far below `relative_error`, the largest errors are the
+            clipping's: calibrate on more images, or on images like the saturated ones.
     """
 
     samples: int
@@ -145,6 +153,8 @@ class ComparisonMetrics:
     median_image_relative_error: float | None = None
     p99_image_relative_error: float | None = None
     worst_images: list = dataclasses.field(default_factory=list)
+    saturated_images: int | None = None
+    clipped_relative_error: float | None = None
 
     def image_error_summary(self):
         """`relative error per image: median ..., 99th percentile ...; worst #i ...`, or ""
@@ -158,11 +168,18 @@ class ComparisonMetrics:
                 if w["top1_agrees"] is None
                 else f" ({'same' if w['top1_agrees'] else 'other'} top-1)"
             )
+            + (" (saturated)" if w.get("saturated") else "")
             for w in self.worst_images
+        )
+        saturation = (
+            f"; {self.saturated_images} of {self.samples} images beyond the quantised output's "
+            f"range (relative error {self.clipped_relative_error:.3g} within it)"
+            if self.saturated_images
+            else ""
         )
         return (
             f"relative error per image: median {self.median_image_relative_error:.3g}, "
-            f"99th percentile {self.p99_image_relative_error:.3g}; worst {worst}"
+            f"99th percentile {self.p99_image_relative_error:.3g}; worst {worst}{saturation}"
         )
 
 
@@ -170,8 +187,13 @@ class ComparisonMetrics:
 WORST_IMAGES = 3
 
 
-def compare_outputs(got, want):
-    """`ComparisonMetrics` of TFLite outputs `got` against Keras outputs `want` (array lists)."""
+def compare_outputs(got, want, output_ranges=None):
+    """`ComparisonMetrics` of TFLite outputs `got` against Keras outputs `want` (array lists).
+
+    `output_ranges`: for each output, the `(low, high)` its quantised TFLite tensor can
+    represent, or `None` for a float output (`quantized_range`); gives the saturation
+    figures. Defaults to `None`: no output quantised.
+    """
     nonfinite = sum(int(np.size(g) - np.count_nonzero(np.isfinite(g))) for g in got)
     diffs = [
         np.abs(g.astype("float64") - w.astype("float64")) for g, w in zip(got, want, strict=True)
@@ -192,6 +214,24 @@ def compare_outputs(got, want):
     )
     scored = np.flatnonzero(np.isfinite(per_image))
     worst = scored[np.argsort(-per_image[scored], kind="stable")][:WORST_IMAGES]
+    saturated = clipped_relative = None
+    ranges = [(i, r) for i, r in enumerate(output_ranges or []) if r is not None]
+    if ranges:
+        beyond = np.zeros(len(want[0]), bool)
+        for i, (low, high) in ranges:
+            w = want[i].reshape(len(want[i]), -1)
+            beyond |= ((w < low) | (w > high)).any(1)
+        saturated = int(beyond.sum())
+        clipped = [
+            np.abs(g.astype("float64") - np.clip(w.astype("float64"), *output_ranges[i]))
+            if output_ranges[i] is not None
+            else d
+            for i, (g, w, d) in enumerate(zip(got, want, diffs, strict=True))
+        ]
+        finite_clipped = np.concatenate([c[np.isfinite(c)] for c in clipped])
+        clipped_relative = (
+            float(finite_clipped.max()) / scale if finite_clipped.size else float("nan")
+        )
     return ComparisonMetrics(
         samples=int(len(want[0])),
         max_abs_error=max_abs,
@@ -208,9 +248,27 @@ def compare_outputs(got, want):
                 "index": int(i),
                 "relative_error": float(per_image[i]),
                 "top1_agrees": None if agrees is None else bool(agrees[i]),
+                "saturated": None if saturated is None else bool(beyond[i]),
             }
             for i in worst
         ],
+        saturated_images=saturated,
+        clipped_relative_error=clipped_relative,
+    )
+
+
+def quantized_range(details):
+    """`(low, high)`: the values a quantised tensor (`_io_details`) holds without clipping,
+    those that round to one of its dtype's codes (half a step beyond the extreme codes);
+    `None` for a float tensor."""
+    dtype = np.dtype(details["dtype"])
+    if not np.issubdtype(dtype, np.integer) or not details["scale"] > 0:
+        return None
+    info = np.iinfo(dtype)
+    zero_point, scale = details["zero_point"], details["scale"]
+    return (
+        float((info.min - zero_point - 0.5) * scale),
+        float((info.max - zero_point + 0.5) * scale),
     )
 
 
@@ -728,7 +786,7 @@ def run_verification(
                 f"the LiteRT interpreter failed on {label}: {' '.join(str(error).split())}"
             )
             break
-        metrics = compare_outputs(got, want)
+        metrics = compare_outputs(got, want, [quantized_range(o) for o in report.outputs])
         if label.startswith("held-out"):
             report.held_out = metrics
         else:
@@ -749,6 +807,19 @@ def run_verification(
         )
     if failures:
         report.hints = export_hints(model, quantization)
+        held = report.held_out
+        if (
+            held is not None
+            and held.saturated_images
+            and any(f.startswith("relative error on held-out") for f in failures)
+        ):
+            report.hints.append(
+                f"{held.saturated_images} of {held.samples} held-out images drive the "
+                "model's output beyond the int8 range the calibration images set (relative "
+                f"error {held.clipped_relative_error:.3g} without that clipping): calibrate "
+                "on more images (num_calibration_samples; the CLI's --num-calibration), or on "
+                "images like these"
+            )
     return report
 
 
