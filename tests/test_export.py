@@ -610,7 +610,11 @@ def test_comparison_separates_the_quantised_outputs_clipping():
         f"{beyond.sum()} of 30 images beyond the quantised output's range (relative error "
         f"{clipped / scale:.3g} within it)" in metrics.image_error_summary()
     )
-    assert f"#{metrics.worst_images[0]['index']} " in metrics.image_error_summary()
+    first = metrics.worst_images[0]
+    assert (
+        f"worst #{first['index']} {first['relative_error']:.3g} "
+        f"({'same' if first['top1_agrees'] else 'other'} top-1, saturated)"
+    ) in metrics.image_error_summary()
 
     # Float outputs only: no saturation figures, and nothing about them in the summary.
     floats = compare_outputs(got, want, [None, None])

@@ -161,15 +161,17 @@ class ComparisonMetrics:
         when no image has a finite error."""
         if self.median_image_relative_error is None:
             return ""
+
+        def notes(w):
+            said = []
+            if w["top1_agrees"] is not None:
+                said.append("same top-1" if w["top1_agrees"] else "other top-1")
+            if w.get("saturated"):
+                said.append("saturated")
+            return f" ({', '.join(said)})" if said else ""
+
         worst = ", ".join(
-            f"#{w['index']} {w['relative_error']:.3g}"
-            + (
-                ""
-                if w["top1_agrees"] is None
-                else f" ({'same' if w['top1_agrees'] else 'other'} top-1)"
-            )
-            + (" (saturated)" if w.get("saturated") else "")
-            for w in self.worst_images
+            f"#{w['index']} {w['relative_error']:.3g}{notes(w)}" for w in self.worst_images
         )
         saturation = (
             f"; {self.saturated_images} of {self.samples} images beyond the quantised output's "
