@@ -139,6 +139,14 @@ def _run(args):
             },
         ),  # fmt: skip
         (("--sync-batch-norm",), {"action": "store_true"}),
+        (("--seed",), {"type": int, "default": 0}),
+        (
+            ("--deterministic",),
+            {
+                "action": "store_true",
+                "help": "TensorFlow op determinism: the same seed gives the same weights (slower)",
+            },
+        ),  # fmt: skip
         (
             ("--out",),
             {
@@ -157,7 +165,7 @@ def _train(args):
     from keras_chanattn.train import TrainConfig, fit_classifier
 
     data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
-    data = load_data(args.data, args.image_size, **data_kwargs)
+    data = load_data(args.data, args.image_size, seed=args.seed, **data_kwargs)
     strategy = None
     if args.distribute == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
@@ -173,6 +181,8 @@ def _train(args):
         mixed_precision=args.mixed_precision,
         sync_batch_norm=args.sync_batch_norm,
         flip=args.data != "digits",
+        seed=args.seed,
+        deterministic=args.deterministic,
     )
     spec = PipelineConfig(backbone=args.backbone, image_size=args.image_size)
     if args.backbone_args is not None or args.backbone != spec.backbone:

@@ -264,7 +264,7 @@ def folder_data(root, image_size=224, channels=3, validation_fraction=0.2, seed=
     )
 
 
-def load_data(source="digits", image_size=32, channels=3, **kwargs):
+def load_data(source="digits", image_size=32, channels=3, seed=0, **kwargs):
     """Loads an image-classification source by name.
 
     Args:
@@ -272,17 +272,19 @@ def load_data(source="digits", image_size=32, channels=3, **kwargs):
             e.g. `"tfds:cifar10"`), or a path to an image folder.
         image_size: output height and width. Defaults to `32`.
         channels: 1 or 3. Defaults to `3`.
+        seed: seed of the train/validation split of the digits and of image folders
+            (TFDS sets keep their own splits). Defaults to `0`.
         **kwargs: passed to `digits_data`, `tfds_data` or `folder_data`.
 
     Returns:
         `ImageData`.
     """
     if source == "digits":
-        return digits_data(image_size, channels, **kwargs)
+        return digits_data(image_size, channels, seed=seed, **kwargs)
     if isinstance(source, str) and source.startswith("tfds:"):
         return tfds_data(source[len("tfds:") :], image_size, channels, **kwargs)
     if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_dir():
-        return folder_data(source, image_size, channels, **kwargs)
+        return folder_data(source, image_size, channels, seed=seed, **kwargs)
     raise ValueError(
         f"Unknown data source {source!r}: use 'digits', 'tfds:<name>' or an existing image "
         "folder (root/<class>/<image>)."

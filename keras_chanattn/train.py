@@ -5,6 +5,7 @@
 from the last finished epoch, optimiser state included.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,7 +40,12 @@ class TrainConfig:
         mixed_precision: train under `mixed_float16` (on GPU) or `mixed_bfloat16`; `None`
             for float32. Defaults to `None`.
         sync_batch_norm: synchronise BatchNorm statistics across replicas. Defaults to `False`.
-        seed: seed of shuffling and initialisation. Defaults to `0`.
+        seed: seed of shuffling, augmentation and initialisation. Defaults to `0`.
+        deterministic: run with TensorFlow's op determinism on (restored afterwards), so
+            the same seed gives the same weights on the same machine and software:
+            threaded reductions and the parallel augmentation otherwise differ from run to
+            run. Slower (the augmentation runs in order); GPU ops without a deterministic
+            kernel raise. Defaults to `False`.
     """
 
     epochs: int = 10
@@ -56,6 +62,7 @@ class TrainConfig:
     mixed_precision: str | None = None
     sync_batch_norm: bool = False
     seed: int = 0
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -143,6 +150,22 @@ def compile_classifier(model, config, steps_per_epoch):
     return model
 
 
+@contextlib.contextmanager
+def op_determinism(enabled=True):
+    """Runs the `with` body with TensorFlow's op determinism on when `enabled`, and puts
+    the previous setting back afterwards (the public API can only switch it on)."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    if enabled and not before:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            tf_config.disable_op_determinism()
+
+
 class _Timer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -194,43 +217,46 @@ def fit_classifier(
 
     config = config or TrainConfig()
     strategy = strategy or tf.distribute.get_strategy()
-    keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.config.dtype_policy()
-    if config.mixed_precision:
-        keras.config.set_dtype_policy(config.mixed_precision)
-    try:
-        train = _one_hot_pipeline(data.train, data.num_classes, config, training=True)
-        validation = _one_hot_pipeline(data.validation, data.num_classes, config, training=False)
-        steps_per_epoch = int(train.cardinality())
-        if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
-            steps_per_epoch = sum(1 for _ in train)
-        with strategy.scope():
-            model = build_model()
-            if config.sync_batch_norm:
-                set_synchronized_batch_norm(model, True)
-            compile_classifier(model, config, steps_per_epoch)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+    with op_determinism(config.deterministic):
+        keras.utils.set_random_seed(config.seed)
+        previous_policy = keras.config.dtype_policy()
+        if config.mixed_precision:
+            keras.config.set_dtype_policy(config.mixed_precision)
+        try:
+            train = _one_hot_pipeline(data.train, data.num_classes, config, training=True)
+            validation = _one_hot_pipeline(
+                data.validation, data.num_classes, config, training=False
+            )
+            steps_per_epoch = int(train.cardinality())
+            if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
+                steps_per_epoch = sum(1 for _ in train)
+            with strategy.scope():
+                model = build_model()
+                if config.sync_batch_norm:
+                    set_synchronized_batch_norm(model, True)
+                compile_classifier(model, config, steps_per_epoch)
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
 
-    timer = _Timer()
-    all_callbacks = [timer, *callbacks]
-    if out_dir is not None:
-        out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-        all_callbacks += [
-            keras.callbacks.BackupAndRestore(str(out / "backup")),
-            keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
-            keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
-        ]
-    history = model.fit(
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        callbacks=all_callbacks,
-        verbose=verbose,
-        shuffle=False,  # the training pipeline shuffles (a tf.data.Dataset ignores it)
-    )
+        timer = _Timer()
+        all_callbacks = [timer, *callbacks]
+        if out_dir is not None:
+            out = pathlib.Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+            all_callbacks += [
+                keras.callbacks.BackupAndRestore(str(out / "backup")),
+                keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
+                keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
+            ]
+        history = model.fit(
+            train,
+            validation_data=validation,
+            epochs=config.epochs,
+            callbacks=all_callbacks,
+            verbose=verbose,
+            shuffle=False,  # the training pipeline shuffles (a tf.data.Dataset ignores it)
+        )
     logs = history.history
     summary = {
         "epochs_run": len(logs.get("loss", [])),

@@ -86,8 +86,11 @@ def test_tfds_source_with_mock_data(tmp_path):
     from keras_chanattn.data import load_data, make_pipeline
 
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-        # download=True: mock_data turns the preparation into a no-op.
-        data = load_data("tfds:cifar10", image_size=16, data_dir=str(tmp_path), download=True)
+        # download=True: mock_data turns the preparation into a no-op. The seed the main job
+        # and the CLI pass to every source is accepted (TFDS keeps its own splits).
+        data = load_data(
+            "tfds:cifar10", image_size=16, data_dir=str(tmp_path), download=True, seed=3
+        )
         assert data.num_classes == 10 and len(data.class_names) == 10
         x, y = next(iter(make_pipeline(data.train, batch_size=6)))
     assert x.shape == (6, 16, 16, 3) and x.dtype == "float32" and y.dtype == "int32"

@@ -92,6 +92,38 @@ def test_interrupted_training_resumes_with_the_same_step_count(tmp_path):
     assert resumed["steps"] == straight["steps"] == 3 * 8
 
 
+class _DeterminismProbe(keras.callbacks.Callback):
+    """Records whether TensorFlow's op determinism is on while the model trains."""
+
+    def on_train_begin(self, logs=None):
+        from tensorflow.python.framework import config as tf_config
+
+        self.enabled = tf_config.is_op_determinism_enabled()
+
+
+def test_deterministic_training_repeats_its_weights_and_restores_the_setting():
+    from tensorflow.python.framework import config as tf_config
+
+    data = small_digits()
+    config = TrainConfig(epochs=2, batch_size=32, deterministic=True)
+    weights = []
+    for _ in range(2):
+        probe = _DeterminismProbe()
+        model, _ = fit_classifier(tiny_classifier, data, config, verbose=0, callbacks=[probe])
+        assert probe.enabled and not tf_config.is_op_determinism_enabled()
+        weights.append(model.get_weights())
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)
+    # Off by default, and put back when training is interrupted.
+    probe = _DeterminismProbe()
+    fit_classifier(tiny_classifier, data, TrainConfig(epochs=1, batch_size=32), verbose=0,
+                   callbacks=[probe])  # fmt: skip
+    assert probe.enabled is False
+    with pytest.raises(KeyboardInterrupt):
+        fit_classifier(tiny_classifier, data, config, verbose=0, callbacks=[_StopAtEpoch(1)])
+    assert not tf_config.is_op_determinism_enabled()
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"optimizer": "rmsprop"}, {"label_smoothing": 1.0}, {"mixed_precision": "fp8"}]
 )
@@ -269,3 +301,14 @@ def test_recalibration_errors_keep_the_statistics():
     with pytest.raises(ValueError, match="max_batches"):
         recalibrate_batch_norm(model, images, max_batches=0)
     np.testing.assert_array_equal(bn.moving_mean.numpy(), [1.0, 2.0, 3.0])
+
+
+def test_train_command_passes_seed_and_determinism(tmp_path, capsys):
+    from keras_chanattn.cli import main
+
+    argv = ["train", "--attention", "se", "--epochs", "1", "--image-size", "8"]
+    assert main([*argv, "--seed", "4", "--deterministic", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["seed"] == 4 and saved["deterministic"] is True
+    assert "validation accuracy" in capsys.readouterr().out
+    assert (tmp_path / "last.keras").is_file()
