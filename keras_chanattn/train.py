@@ -44,8 +44,9 @@ class TrainConfig:
         deterministic: run with TensorFlow's op determinism on (restored afterwards), so
             the same seed gives the same weights on the same machine and software:
             threaded reductions and the parallel augmentation otherwise differ from run to
-            run. Slower (the augmentation runs in order); GPU ops without a deterministic
-            kernel raise. Defaults to `False`.
+            run. The augmentation's random ops then run in order, which TensorFlow documents
+            as possibly slower; GPU ops without a deterministic kernel raise. Defaults to
+            `False`.
     """
 
     epochs: int = 10
@@ -156,13 +157,13 @@ def op_determinism(enabled=True):
     the previous setting back afterwards (the public API can only switch it on)."""
     from tensorflow.python.framework import config as tf_config
 
-    before = tf_config.is_op_determinism_enabled()
-    if enabled and not before:
+    switch = enabled and not tf_config.is_op_determinism_enabled()
+    if switch:
         tf_config.enable_op_determinism()
     try:
         yield
     finally:
-        if enabled and not before:
+        if switch:
             tf_config.disable_op_determinism()
 
 
@@ -218,45 +219,47 @@ def fit_classifier(
     config = config or TrainConfig()
     strategy = strategy or tf.distribute.get_strategy()
     with op_determinism(config.deterministic):
-        keras.utils.set_random_seed(config.seed)
-        previous_policy = keras.config.dtype_policy()
-        if config.mixed_precision:
-            keras.config.set_dtype_policy(config.mixed_precision)
-        try:
-            train = _one_hot_pipeline(data.train, data.num_classes, config, training=True)
-            validation = _one_hot_pipeline(
-                data.validation, data.num_classes, config, training=False
-            )
-            steps_per_epoch = int(train.cardinality())
-            if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
-                steps_per_epoch = sum(1 for _ in train)
-            with strategy.scope():
-                model = build_model()
-                if config.sync_batch_norm:
-                    set_synchronized_batch_norm(model, True)
-                compile_classifier(model, config, steps_per_epoch)
-        finally:
-            keras.config.set_dtype_policy(previous_policy)
+        return _fit(build_model, data, config, out_dir, strategy, verbose, callbacks)
 
-        timer = _Timer()
-        all_callbacks = [timer, *callbacks]
-        if out_dir is not None:
-            out = pathlib.Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-            all_callbacks += [
-                keras.callbacks.BackupAndRestore(str(out / "backup")),
-                keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
-                keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
-            ]
-        history = model.fit(
-            train,
-            validation_data=validation,
-            epochs=config.epochs,
-            callbacks=all_callbacks,
-            verbose=verbose,
-            shuffle=False,  # the training pipeline shuffles (a tf.data.Dataset ignores it)
-        )
+
+def _fit(build_model, data, config, out_dir, strategy, verbose, callbacks):
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.config.dtype_policy()
+    if config.mixed_precision:
+        keras.config.set_dtype_policy(config.mixed_precision)
+    try:
+        train = _one_hot_pipeline(data.train, data.num_classes, config, training=True)
+        validation = _one_hot_pipeline(data.validation, data.num_classes, config, training=False)
+        steps_per_epoch = int(train.cardinality())
+        if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
+            steps_per_epoch = sum(1 for _ in train)
+        with strategy.scope():
+            model = build_model()
+            if config.sync_batch_norm:
+                set_synchronized_batch_norm(model, True)
+            compile_classifier(model, config, steps_per_epoch)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+    timer = _Timer()
+    all_callbacks = [timer, *callbacks]
+    if out_dir is not None:
+        out = pathlib.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        all_callbacks += [
+            keras.callbacks.BackupAndRestore(str(out / "backup")),
+            keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
+            keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
+        ]
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        callbacks=all_callbacks,
+        verbose=verbose,
+        shuffle=False,  # the training pipeline shuffles (a tf.data.Dataset ignores it)
+    )
     logs = history.history
     summary = {
         "epochs_run": len(logs.get("loss", [])),

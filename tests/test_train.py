@@ -9,6 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from tensorflow.python.framework import config as tf_config
 
 import keras_chanattn
 from keras_chanattn.data import digits_data
@@ -96,14 +97,10 @@ class _DeterminismProbe(keras.callbacks.Callback):
     """Records whether TensorFlow's op determinism is on while the model trains."""
 
     def on_train_begin(self, logs=None):
-        from tensorflow.python.framework import config as tf_config
-
         self.enabled = tf_config.is_op_determinism_enabled()
 
 
 def test_deterministic_training_repeats_its_weights_and_restores_the_setting():
-    from tensorflow.python.framework import config as tf_config
-
     data = small_digits()
     config = TrainConfig(epochs=2, batch_size=32, deterministic=True)
     weights = []
