@@ -268,7 +268,7 @@ def images(args):
             "grey repeated to RGB"
         )
         return x_train[: args.calibration], x_test[: args.held_out], how
-    from keras_chanattn.export.inputs import ImageSpec, synthetic_images
+    from keras_chanattn.images import ImageSpec, synthetic_images
 
     spec = ImageSpec(size, size, 3, "float32")
     calibration = synthetic_images(spec, args.calibration, seed=args.seed)
@@ -346,7 +346,7 @@ def randomize_blocks(models, seed):
     from keras_chanattn.layers import AttentionLayer
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tests.layer_cases import randomize_weights
+    from keras_chanattn.testing import randomize_weights
 
     rng = np.random.default_rng(seed)
     for model in models.values():

@@ -42,8 +42,8 @@ import numpy as np
 
 from keras_chanattn.export.errors import ConversionError
 from keras_chanattn.export.files import check_output_path, write_bytes, write_text
-from keras_chanattn.export.inputs import as_images, image_input_spec, synthetic_images
 from keras_chanattn.export.verify import QUANTIZATIONS, check_quantization
+from keras_chanattn.images import as_images, image_input_spec, synthetic_images
 
 PLAIN = "plain"
 
@@ -199,7 +199,7 @@ def measure_latency(
         shape = tuple(int(d) for d in details[0]["shape"][1:])
         if image is None:
             height, width, channels = shape
-            from keras_chanattn.export.inputs import ImageSpec
+            from keras_chanattn.images import ImageSpec
 
             x = synthetic_images(ImageSpec(height, width, channels, "float32"), 1, seed=seed)[0]
         else:

@@ -307,7 +307,7 @@ def _export(args):
 
     import keras_chanattn  # noqa: F401  (registers the layers for loading)
     from keras_chanattn.export.artifacts import FORMATS, export_artifacts
-    from keras_chanattn.export.inputs import image_input_spec
+    from keras_chanattn.images import image_input_spec
 
     formats = [f.strip() for text in args.formats or ["all"] for f in text.split(",") if f.strip()]
     formats = list(FORMATS) if "all" in formats else formats
@@ -407,8 +407,8 @@ def _export(args):
 )
 def _bench(args):
     from keras_chanattn.bench import backbone_models, bench
-    from keras_chanattn.export.inputs import image_input_spec, synthetic_images
     from keras_chanattn.export.verify import QUANTIZATIONS
+    from keras_chanattn.images import image_input_spec, synthetic_images
     from keras_chanattn.models.params import backbones
 
     skipped = {}

@@ -288,11 +288,11 @@ def _image_batches(images, batch_size):
     import numpy as np
 
     from keras_chanattn.data import ImageData
-    from keras_chanattn.export.inputs import _iter_batches
+    from keras_chanattn.images import iter_batches
 
     if isinstance(images, ImageData):
         images = images.train
-    chunks = [np.asarray(images)] if isinstance(images, np.ndarray) else _iter_batches(images)
+    chunks = [np.asarray(images)] if isinstance(images, np.ndarray) else iter_batches(images)
     pending, count, yielded = [], 0, False
     for chunk in chunks:
         chunk = chunk[None] if chunk.ndim == 3 else chunk

@@ -8,10 +8,8 @@ no case here, so a new family cannot skip the checks.
 import importlib
 import pkgutil
 
-import numpy as np
-
+from keras_chanattn.testing import LayerCase, randomize_weights  # noqa: F401  (re-exported)
 from tests import references
-from tests.references import LayerCase  # noqa: F401  (re-exported for the suite)
 
 
 def _collect():
@@ -26,19 +24,3 @@ def _collect():
 
 
 CASES = _collect()
-
-
-def randomize_weights(layer, seed=0, scale=0.5, rng=None):
-    """Sets every weight of a built layer to random values (positive for variances).
-
-    Zero- and one-initialised weights would make parity tests blind to terms that
-    multiply them, so the suite randomises everything first.
-    """
-    rng = rng or np.random.default_rng(seed)
-    for variable in layer.weights:
-        shape = tuple(variable.shape)
-        if "variance" in variable.path:
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0.0, scale, shape)
-        variable.assign(value.astype(variable.dtype))

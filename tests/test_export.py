@@ -34,8 +34,8 @@ from keras_chanattn.export import files as export_files
 from keras_chanattn.export import saved_model as saved_model_module
 from keras_chanattn.export.artifacts import export_artifacts
 from keras_chanattn.export.inference import export_hints
-from keras_chanattn.export.inputs import as_images, probe_images
 from keras_chanattn.export.verify import attribute_layer, compare_outputs, quantized_range
+from keras_chanattn.images import as_images, probe_images
 from keras_chanattn.layers import AttentionLayer
 from tests.layer_cases import CASES, randomize_weights
 

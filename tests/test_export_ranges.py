@@ -19,7 +19,6 @@ from keras_chanattn.cli import main as cli_main
 from keras_chanattn.export import ExportVerificationError, convert_tflite, export_tflite
 from keras_chanattn.export import tflite as tflite_module
 from keras_chanattn.export.inference import inference_model
-from keras_chanattn.export.inputs import image_input_spec
 from keras_chanattn.export.ranges import (
     ADD_MIN_RATIO,
     MARGIN,
@@ -30,6 +29,7 @@ from keras_chanattn.export.ranges import (
     scale_ratio_problems,
 )
 from keras_chanattn.export.saved_model import write_saved_model
+from keras_chanattn.images import image_input_spec
 from tests.test_export import _block_of, calibration_images, held_out_images, trained
 
 # The weights a fine-tune leaves small, scaled to 1e-4 of their trained size.

@@ -13,7 +13,6 @@ Every write is atomic and refuses to replace an existing artefact unless `overwr
 
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.inference import declared_float_ops, export_hints, inference_model
-from keras_chanattn.export.inputs import ImageSpec, image_input_spec, probe_images
 from keras_chanattn.export.saved_model import SavedModelReport, export_saved_model
 from keras_chanattn.export.tflite import convert_tflite, export_tflite
 from keras_chanattn.export.verify import (
@@ -25,6 +24,7 @@ from keras_chanattn.export.verify import (
     default_thresholds,
     verify_tflite,
 )
+from keras_chanattn.images import ImageSpec, image_input_spec, probe_images
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

@@ -9,7 +9,7 @@ import numpy as np
 from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.files import atomic_output, check_output_path
 from keras_chanattn.export.inference import inference_model
-from keras_chanattn.export.inputs import image_input_spec, synthetic_images
+from keras_chanattn.images import image_input_spec, synthetic_images
 
 # Name of the signature's input argument (and of the TFLite input).
 INPUT_NAME = "images"
@@ -165,7 +165,7 @@ def export_saved_model(
         image_size: `(height, width)` to fix in the signature where the model's input leaves
             them unknown; without it they stay dynamic. Defaults to `None`.
         check_data: images for the reload check (array, dataset...; see
-            `keras_chanattn.export.inputs`). Defaults to `None`: smooth random images.
+            `keras_chanattn.images`). Defaults to `None`: smooth random images.
         tolerance: largest relative error (`max |SavedModel - Keras| / max |Keras|`) the
             check accepts. Defaults to `1e-4`.
 
@@ -184,7 +184,7 @@ def export_saved_model(
     >>> report.relative_error < 1e-4
     True
     """
-    from keras_chanattn.export.inputs import as_images
+    from keras_chanattn.images import as_images
 
     path = check_output_path(path, overwrite, "directory")
     batch_size = _check_batch_size(batch_size)

@@ -25,12 +25,6 @@ import tempfile
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_bytes, write_text
 from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
-from keras_chanattn.export.inputs import (
-    as_images,
-    image_input_spec,
-    synthetic_images,
-    value_range,
-)
 from keras_chanattn.export.ranges import fit_xnnpack_ranges
 from keras_chanattn.export.saved_model import write_saved_model
 from keras_chanattn.export.verify import (
@@ -39,6 +33,12 @@ from keras_chanattn.export.verify import (
     check_quantization,
     resolve_thresholds,
     run_verification,
+)
+from keras_chanattn.images import (
+    as_images,
+    image_input_spec,
+    synthetic_images,
+    value_range,
 )
 
 

@@ -40,15 +40,15 @@ from keras_chanattn.export.inference import (
     inference_model,
     layer_names,
 )
-from keras_chanattn.export.inputs import (
+from keras_chanattn.export.ranges import builtin_names, scale_ratio_problems
+from keras_chanattn.export.saved_model import keras_outputs, output_order
+from keras_chanattn.images import (
     as_images,
     image_input_spec,
     probe_images,
     synthetic_images,
     value_range,
 )
-from keras_chanattn.export.ranges import builtin_names, scale_ratio_problems
-from keras_chanattn.export.saved_model import keras_outputs, output_order
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -852,7 +852,7 @@ def verify_tflite(
         quantization: the format it was converted to, one of `QUANTIZATIONS` (selects the
             default thresholds and the int8 checks).
         validation_data: held-out images (array, dataset, ...; see
-            `keras_chanattn.export.inputs`), not used for calibration. Defaults to `None`:
+            `keras_chanattn.images`), not used for calibration. Defaults to `None`:
             smooth random images in the data range, reported as synthetic.
         image_size: `(height, width)` if the model's input leaves them unknown.
         thresholds: a `VerificationThresholds`, or a dict of fields replacing the format's

@@ -1,4 +1,4 @@
-"""The model's image input, and images for calibration and verification from arrays or datasets.
+"""Image inputs: a model's image spec, and images from arrays or datasets (train, export, bench).
 
 Export works on any Keras model with one NHWC image input. Images may come as a NumPy array
 `(N, H, W, C)`, an `(images, labels)` tuple, a `tf.data.Dataset` of images or of
@@ -136,7 +136,7 @@ def _first_component(item):
     return item
 
 
-def _iter_batches(data):
+def iter_batches(data):
     """Yields NumPy arrays (one image or a batch each) from a dataset or iterable."""
     import tensorflow as tf
 
@@ -174,7 +174,7 @@ def as_images(data, spec, what, limit=None):
     if isinstance(data, (np.ndarray, tf.Tensor)):
         batches = [np.asarray(data)]
     elif isinstance(data, tf.data.Dataset) or hasattr(data, "__iter__"):
-        batches = _iter_batches(data)
+        batches = iter_batches(data)
     else:
         raise ValueError(
             f"{what} must be images of shape {expected}: a NumPy array, a tf.data.Dataset, or "
