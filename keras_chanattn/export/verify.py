@@ -40,6 +40,7 @@ from keras_chanattn.export.inference import (
     inference_model,
     layer_names,
 )
+from keras_chanattn.export.litert import make_interpreter
 from keras_chanattn.export.ranges import builtin_names, scale_ratio_problems
 from keras_chanattn.export.saved_model import keras_outputs, output_order
 from keras_chanattn.images import (
@@ -611,23 +612,8 @@ def run_tflite(interpreter, images):
     return [np.concatenate(parts) for parts in zip(*results, strict=True)]
 
 
-def _interpreter(tflite_bytes, num_threads):
-    """A prepared interpreter with XNNPACK, or without it (and why) when XNNPACK fails."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=tflite_bytes, num_threads=num_threads)
-    try:
-        interpreter.allocate_tensors()
-        return interpreter, None
-    except RuntimeError as error:
-        reason = " ".join(str(error).split())
-    interpreter = Interpreter(
-        model_content=tflite_bytes,
-        num_threads=num_threads,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    return interpreter, reason
+# bench.py still imports the old private name; removed once it uses make_interpreter.
+_interpreter = make_interpreter
 
 
 # --- the checks --------------------------------------------------------------------------
@@ -714,7 +700,7 @@ def run_verification(
     if failures:
         return report  # the interpreter cannot even load unresolved custom ops
 
-    interpreter, report.xnnpack_error = _interpreter(tflite_bytes, num_threads)
+    interpreter, report.xnnpack_error = make_interpreter(tflite_bytes, num_threads)
     if report.xnnpack_error:
         failures.append(f"XNNPACK could not prepare the model: {report.xnnpack_error}")
     graph = _Graph(interpreter, known_layers)
