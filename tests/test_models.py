@@ -1,4 +1,4 @@
-"""Model builders: parameter counts against SPEC.md and the reference networks, every
+"""Model builders: parameter counts against docs/blocks.md and the reference networks, every
 builder x every registered block (forward pass and `.keras` round trip), placements."""
 
 import keras
@@ -12,7 +12,7 @@ from keras_chanattn.models.resnet import CIFAR_STAGES, IMAGENET_STAGES
 
 NAMES = keras_chanattn.list_attention()
 
-# SPEC.md: ResNet-50, bottlenecks, standard position, every stage: trainable-parameter
+# docs/blocks.md: ResNet-50, bottlenecks, standard position, every stage: trainable-parameter
 # delta over the plain network. ECA with the official per-stage kernels (3, 5, 5, 7).
 SPEC_RESNET50_DELTAS = {
     "se": 2_530_992,
@@ -73,7 +73,7 @@ def plain_resnet50():
 
 def test_every_spec_block_is_registered():
     missing = sorted(set(SPEC_RESNET50_DELTAS) - set(NAMES))
-    assert not missing, f"blocks of SPEC.md's ResNet-50 table not registered: {missing}"
+    assert not missing, f"blocks of docs/blocks.md's ResNet-50 table not registered: {missing}"
 
 
 @pytest.mark.parametrize("block", sorted(SPEC_RESNET50_DELTAS))
@@ -97,7 +97,7 @@ def test_resnet50_trainable_delta_matches_spec(block, plain_resnet50):
 
 
 def test_gc_resnet50_total_delta_matches_spec(plain_resnet50):
-    # SPEC.md counts GC's +2,548,000 with the (non-trainable) bias of its logit conv.
+    # docs/blocks.md counts GC's +2,548,000 with the (non-trainable) bias of its logit conv.
     assert "gc" in NAMES, "GC is not registered"
     assert models.gc_resnet50(include_top=False).count_params() - plain_resnet50[0] == 2_548_000
 

@@ -7,7 +7,7 @@ import pytest
 import keras_chanattn
 from keras_chanattn import models
 
-SE_RESNET50_DELTA = 2_530_992  # SPEC.md; tests/test_models.py checks the builder gives it
+SE_RESNET50_DELTA = 2_530_992  # docs/blocks.md; tests/test_models.py checks the builder gives it
 
 
 def trainable_count(model):

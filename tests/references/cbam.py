@@ -1,4 +1,4 @@
-"""NumPy references of CBAM (channel attention, spatial attention, both), from SPEC.md.
+"""NumPy references of CBAM (channel attention, spatial attention, both), from docs/blocks.md.
 
 The spatial part follows the official PyTorch code step by step in NCHW (`ChannelPool`,
 `Conv2d` with padding `(k - 1) // 2`, `BatchNorm2d`, sigmoid), with the layer's Keras

@@ -1,4 +1,4 @@
-"""NumPy reference of Gather-Excite (GE-theta-minus, GE-theta, GE-theta-plus), from SPEC.md."""
+"""NumPy reference of Gather-Excite (GE-theta-minus, GE-theta, GE-theta-plus): docs/blocks.md."""
 
 import numpy as np
 

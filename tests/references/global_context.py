@@ -1,4 +1,4 @@
-"""NumPy reference of the Global Context block (GCNet), from SPEC.md."""
+"""NumPy reference of the Global Context block (GCNet), from docs/blocks.md."""
 
 import numpy as np
 

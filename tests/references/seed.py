@@ -1,4 +1,4 @@
-"""NumPy references of the seed blocks (SE, SRM, ECA, Shuffle Attention), from SPEC.md."""
+"""NumPy references of the seed blocks (SE, SRM, ECA, Shuffle Attention), from docs/blocks.md."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""NumPy reference of Spatial Group-wise Enhance, from SPEC.md (the reference's NCHW steps)."""
+"""NumPy reference of Spatial Group-wise Enhance (docs/blocks.md), in the reference's NCHW steps."""
 
 from tests.references import LayerCase
 from tests.references.numpy_ops import sigmoid, to_numpy

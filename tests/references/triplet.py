@@ -1,4 +1,4 @@
-"""NumPy reference of Triplet Attention, from SPEC.md.
+"""NumPy reference of Triplet Attention, from docs/blocks.md.
 
 Follows the official PyTorch `TripletAttention.forward` step by step in NCHW: the same
 permutes (NumPy's `transpose` is PyTorch's `permute`), one `AttentionGate` per rotated
