@@ -1,5 +1,10 @@
 """keras-chanattn: channel attention blocks for Keras 3 CNNs, built to export to phones."""
 
+from keras_chanattn import native_logs
+
+if native_logs.started_as_command():  # before TensorFlow is imported below
+    native_logs.start()
+
 from keras_chanattn import layers, models
 from keras_chanattn.layers import (
     CBAM,

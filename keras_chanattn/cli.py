@@ -506,6 +506,11 @@ def build_parser():
         p = sub.add_parser(name, help=help_text, description=help_text)
         for flags, kwargs in arguments:
             p.add_argument(*flags, **kwargs)
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's native log lines (the command filters them otherwise)",
+        )
         p.set_defaults(func=func)
     return parser
 
