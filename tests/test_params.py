@@ -5,7 +5,8 @@ import pytest
 from keras import ops
 
 from keras_chanattn import SqueezeExcite, cli, models
-from keras_chanattn.models.params import PAPER_RESNET50, complexity_rows, count_flops
+from keras_chanattn.layers.registry import paper_figures
+from keras_chanattn.models.params import complexity_rows, count_flops
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,7 @@ def test_params_command_prints_the_table(capsys):
 @pytest.mark.slow
 def test_resnet50_table_matches_the_papers():
     rows = {row["block"]: row for row in complexity_rows("resnet50", flops=False)}
-    for block, paper in PAPER_RESNET50.items():
+    for block, paper in paper_figures("resnet50").items():
         if block not in rows:
             continue
         delta = rows[block]["delta_all"] if block == "gc" else rows[block]["delta"]

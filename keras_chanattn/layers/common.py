@@ -141,7 +141,29 @@ class AttentionLayer(keras.layers.Layer):
     Subclasses create their weights in `build` (after `channels_from_shape`) and write `call`
     with `keras.ops`. `inference_layer()` returns the form used for export; blocks with a
     cheaper equivalent graph (BatchNorm folded, say) override it.
+
+    What is particular to a block is declared on its class, so that no other module keeps
+    a per-block list:
+
+    - `paper_figures`: `{backbone: {"delta", "gflops", "top1", "base_top1"}}`, the block's
+      paper's figures (trainable-parameter delta over the plain network, GFLOPs as
+      multiply-adds, top-1 and that paper's baseline top-1; `None` where it gives none).
+      Read from the class itself, not inherited. `models.params` prints them beside ours.
+    - `small_network_kwargs(channels)`: constructor arguments that fit the block into a
+      small network (see below).
     """
+
+    paper_figures = {}
+
+    @classmethod
+    def small_network_kwargs(cls, channels=16):
+        """Constructor arguments that fit the block on maps of `channels` channels or more.
+
+        The papers' defaults suit ImageNet networks (e.g. 64 groups need 64 or 128
+        channels); small networks (a CIFAR ResNet's first stage has 16 channels) need less.
+        The default is `{}`: the block's defaults fit any channel count.
+        """
+        return {}
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

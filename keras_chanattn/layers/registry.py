@@ -38,6 +38,35 @@ def get_attention_class(name):
     return _REGISTRY[key]
 
 
+def small_network_kwargs(name, channels=16):
+    """Constructor arguments that fit block `name` on maps of `channels` channels or more.
+
+    Reads the class's `small_network_kwargs` declaration: `{}` for most blocks, fewer
+    groups for the grouped ones (SA, SGE), whose papers' 64 groups need 64 or 128
+    channels.
+
+    Example:
+
+    >>> small_network_kwargs("sa")
+    {'groups': 8}
+    """
+    return dict(get_attention_class(name).small_network_kwargs(channels))
+
+
+def paper_figures(backbone):
+    """The papers' figures on `backbone`, `{name: figures}` for the blocks that declare them.
+
+    Each class declares its own paper's figures in `paper_figures` (see `AttentionLayer`);
+    a subclass does not inherit them.
+    """
+    figures = {}
+    for name in list_attention():
+        declared = vars(_REGISTRY[name]).get("paper_figures", {})
+        if backbone in declared:
+            figures[name] = dict(declared[backbone])
+    return figures
+
+
 def create_attention(name, /, **kwargs):
     """Builds a new attention layer by registry name.
 

@@ -56,6 +56,10 @@ class StyleRecalibration(AttentionLayer):
     >>> y = StyleRecalibration()(x)
     """
 
+    paper_figures = {
+        "resnet50": {"delta": 60_416, "gflops": 3.88, "top1": 77.13, "base_top1": 75.89},
+    }
+
     def __init__(
         self,
         epsilon=1e-5,

@@ -88,6 +88,10 @@ class TripletAttention(AttentionLayer):
     >>> y = TripletAttention(kernel_size=7)(x)
     """
 
+    paper_figures = {
+        "resnet50": {"delta": 4_800, "gflops": 4.17, "top1": 77.48, "base_top1": None},
+    }
+
     def __init__(
         self,
         kernel_size=7,

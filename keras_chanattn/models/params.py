@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_chanattn.layers.registry import list_attention
+from keras_chanattn.layers.registry import list_attention, paper_figures
 
 # Ops counted one per output element.
 _ELEMENTWISE = {
@@ -176,22 +176,6 @@ def _op_flops(op):
     return 0
 
 
-# The papers' ResNet-50 figures (SPEC.md), each within its own source: the trainable
-# parameter delta over the plain network, GFLOPs (multiply-adds), top-1 and the
-# baseline's top-1 in the same paper.
-PAPER_RESNET50 = {
-    "se": {"delta": 2_530_992, "gflops": 3.87, "top1": 76.80, "base_top1": 75.89},
-    "srm": {"delta": 60_416, "gflops": 3.88, "top1": 77.13, "base_top1": 75.89},
-    "eca": {"delta": 80, "gflops": 3.86, "top1": 77.48, "base_top1": 75.20},
-    "sa": {"delta": 708, "gflops": 4.12, "top1": 77.72, "base_top1": 76.38},
-    "cbam": {"delta": 2_532_592, "gflops": 4.14, "top1": 77.63, "base_top1": 76.38},
-    "sge": {"delta": 2_048, "gflops": 4.13, "top1": 77.58, "base_top1": 76.38},
-    "triplet": {"delta": 4_800, "gflops": 4.17, "top1": 77.48, "base_top1": None},
-    "gc": {"delta": 2_548_000, "gflops": None, "top1": None, "base_top1": None},
-}
-PAPER_FIGURES = {"resnet50": PAPER_RESNET50}
-
-
 def backbones():
     """The backbones the table knows, by name: `{name: builder(attention, **kwargs)}`."""
     # The builder functions shadow their modules' names in `keras_chanattn.models`.
@@ -248,7 +232,7 @@ def complexity_rows(backbone="resnet50", blocks=None, flops=True, **builder_kwar
     unknown = sorted(set(names) - set(list_attention()))
     if unknown:
         raise ValueError(f"Unknown blocks {unknown}; registered: {', '.join(list_attention())}.")
-    papers = PAPER_FIGURES.get(backbone, {})
+    papers = paper_figures(backbone)  # each block's class declares its paper's figures
     builder_kwargs.setdefault("include_top", True)
 
     def row(block, model=None, error=None):
