@@ -11,19 +11,19 @@
 Every write is atomic and refuses to replace an existing artefact unless `overwrite=True`.
 """
 
-from keras_chanattn.export.errors import ConversionError, ExportVerificationError
-from keras_chanattn.export.inference import declared_float_ops, export_hints, inference_model
-from keras_chanattn.export.saved_model import SavedModelReport, export_saved_model
-from keras_chanattn.export.tflite import convert_tflite, export_tflite
-from keras_chanattn.export.verify import (
+from keras_chanattn.export.checks import (
     DEFAULT_THRESHOLDS,
     QUANTIZATIONS,
-    ComparisonMetrics,
-    VerificationReport,
     VerificationThresholds,
     default_thresholds,
-    verify_tflite,
 )
+from keras_chanattn.export.errors import ConversionError, ExportVerificationError
+from keras_chanattn.export.inference import declared_float_ops, export_hints, inference_model
+from keras_chanattn.export.metrics import ComparisonMetrics
+from keras_chanattn.export.report import VerificationReport
+from keras_chanattn.export.saved_model import SavedModelReport, export_saved_model
+from keras_chanattn.export.tflite import convert_tflite, export_tflite
+from keras_chanattn.export.verify import verify_tflite
 from keras_chanattn.images import ImageSpec, image_input_spec, probe_images
 
 __all__ = [

@@ -6,11 +6,11 @@ What the `chanattn export` command runs; the pipeline can call it too. For a mod
 
 import os
 
+from keras_chanattn.export.checks import QUANTIZATIONS
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_text
 from keras_chanattn.export.saved_model import export_saved_model
 from keras_chanattn.export.tflite import export_tflite
-from keras_chanattn.export.verify import QUANTIZATIONS
 
 SAVED_MODEL = "savedmodel"
 FORMATS = (SAVED_MODEL, *QUANTIZATIONS)

@@ -11,7 +11,8 @@ of its per-channel gate path that full-int8 export keeps in float (for example
 """
 
 import keras
-from keras.src.models.functional import Functional  # what keras.Model(inputs, outputs) builds
+
+from keras_chanattn._compat.keras_graph import is_functional
 
 
 def _walk_layers(model):
@@ -76,7 +77,7 @@ def inference_model(model):
 
     if not any(has_inference_form(layer) for layer in _walk_layers(model)):
         return model, []
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         changed = [
             layer.name
             for layer in _walk_layers(model)

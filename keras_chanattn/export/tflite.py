@@ -22,93 +22,88 @@ Formats:
 import re
 import tempfile
 
+from keras_chanattn._compat.tf_converter import calibrate_only, quantize_calibrated
+from keras_chanattn.export.checks import check_quantization, resolve_thresholds
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_bytes, write_text
+from keras_chanattn.export.graph import attribute_layer, operator_outputs
 from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
 from keras_chanattn.export.ranges import fit_xnnpack_ranges
 from keras_chanattn.export.saved_model import write_saved_model
-from keras_chanattn.export.verify import (
-    SYNTHETIC_SAMPLES,
-    attribute_layer,
-    check_quantization,
-    resolve_thresholds,
-    run_verification,
-)
-from keras_chanattn.images import (
-    as_images,
-    image_input_spec,
-    synthetic_images,
-    value_range,
-)
+from keras_chanattn.export.verify import held_out_images, run_verification
+from keras_chanattn.images import as_images, image_input_spec, value_range
 
 
 def _float_nodes(calibrated, float_allowlist, known_layers):
     """Output tensor names, in a calibrated float model, of the ops to keep in float."""
-    if not float_allowlist:
-        return []  # most models: no interpreter to build on the whole float model
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(
-        model_content=calibrated,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
     names = []
-    for node in interpreter._get_ops_details():  # noqa: SLF001 (see verify.py)
-        for tensor in node["outputs"]:
-            name = interpreter._get_tensor_details(int(tensor), 0)["name"]  # noqa: SLF001
+    for op, outputs in operator_outputs(calibrated):
+        for name in outputs:
             layer = attribute_layer(name, known_layers)
-            if layer in float_allowlist and node["op_name"] in float_allowlist[layer]:
+            if layer in float_allowlist and op in float_allowlist[layer]:
                 names.append(name)
     return names
 
 
-def _convert(export_model, spec, quantization, calibration, float_allowlist):
+def _converter(saved_model, quantization, calibration):
+    """A builtin-ops-only converter of the SavedModel, set up for `quantization`."""
     import tensorflow as tf
 
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter
+
+
+def _convert_int8(converter, export_model, float_allowlist):
+    """Calibrates, widens the ranges XNNPACK's int8 kernels cannot take
+    (`export.ranges`), then quantises with the declared float ops deny-listed.
+
+    Returns:
+        `(flatbuffer, widened ranges)`.
+    """
+    calibrated = calibrate_only(converter)
+    float_nodes = (
+        _float_nodes(calibrated, float_allowlist, layer_names(export_model))
+        if float_allowlist
+        else []
+    )
+    calibrated, widened = fit_xnnpack_ranges(calibrated, float_nodes)
+    return quantize_calibrated(converter, calibrated, float_nodes), widened
+
+
+def _conversion_error(error, export_model, quantization):
+    found = re.search(r"(?:TF Select|Custom) ops: ([^\n]+)", str(error))
+    if found:
+        message = f"ops with no TFLite builtin: {found.group(1).strip()}"
+    else:
+        message = " ".join(str(error).split())[:2000]
+    return ConversionError(
+        f"Converting model {export_model.name!r} to TFLite ({quantization}) failed: "
+        f"{message}. Export allows TFLite builtin ops only (no Flex ops); such an op "
+        "(or one without an int8 kernel, in int8) needs another formulation."
+    )
+
+
+def _convert(export_model, spec, quantization, calibration, float_allowlist):
+    """`(flatbuffer, widened ranges)` of `export_model`, through a temporary SavedModel."""
     with tempfile.TemporaryDirectory(prefix="chanattn-tflite-") as saved_model:
         write_saved_model(export_model, saved_model, spec, batch_size=1)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        widened = []
-        if quantization == "int8":
-            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-            # Calibrate only, widen the ranges XNNPACK's int8 kernels cannot take
-            # (keras_chanattn.export.ranges), then quantise with the declared float ops
-            # deny-listed, as tf.lite.experimental.QuantizationDebugger does.
-            converter._experimental_calibrate_only = True  # noqa: SLF001
+        converter = _converter(saved_model, quantization, calibration)
         try:
-            result = converter.convert()
             if quantization == "int8":
-                from tensorflow.lite.python import convert as tflite_convert
-
-                float_nodes = _float_nodes(result, float_allowlist, layer_names(export_model))
-                result, widened = fit_xnnpack_ranges(result, float_nodes)
-                result = tflite_convert.mlir_quantize(
-                    result,
-                    disable_per_channel=converter._experimental_disable_per_channel,  # noqa: SLF001
-                    input_data_type=tf.int8,
-                    output_data_type=tf.int8,
-                    denylisted_nodes=float_nodes,
-                )
+                return _convert_int8(converter, export_model, float_allowlist)
+            return converter.convert(), []
         except Exception as error:  # the converter raises several unrelated types
-            found = re.search(r"(?:TF Select|Custom) ops: ([^\n]+)", str(error))
-            if found:
-                message = f"ops with no TFLite builtin: {found.group(1).strip()}"
-            else:
-                message = " ".join(str(error).split())[:2000]
-            raise ConversionError(
-                f"Converting model {export_model.name!r} to TFLite ({quantization}) failed: "
-                f"{message}. Export allows TFLite builtin ops only (no Flex ops); such an op "
-                "(or one without an int8 kernel, in int8) needs another formulation."
-            ) from error
-    return result, widened
+            raise _conversion_error(error, export_model, quantization) from error
 
 
 def _calibration_images(quantization, representative_data, spec, limit):
@@ -121,6 +116,16 @@ def _calibration_images(quantization, representative_data, spec, limit):
             "activation ranges. About 100 to 500 images are typical."
         )
     return as_images(representative_data, spec, "representative_data", limit)
+
+
+def _images(quantization, representative_data, validation_data, spec, num_calibration,
+            max_validation, seed):  # fmt: skip
+    """`(calibration, held-out images, their source, data range)` for `export_tflite`."""
+    calibration = _calibration_images(quantization, representative_data, spec, num_calibration)
+    held_out = as_images(validation_data, spec, "validation_data", max_validation)
+    data_range = value_range(held_out, calibration)
+    held_out, source = held_out_images(held_out, spec, data_range, seed)
+    return calibration, held_out, source, data_range
 
 
 def convert_tflite(
@@ -166,34 +171,25 @@ def export_tflite(
     num_threads=2,
     seed=0,
 ):
-    """Converts `model` to TFLite, verifies the result, and writes it atomically.
-
-    Layers with an inference form are replaced by it first; the verification
-    (`verify_tflite`'s checks: LiteRT interpreter with XNNPACK against the ORIGINAL Keras
-    model on held-out images and out-of-distribution probes, op list, XNNPACK partitions,
-    float ops in int8, NaNs) runs before anything is written; a failed check raises and
-    writes nothing.
+    """Converts `model` to TFLite, verifies the result (`verify_tflite`'s checks), and writes
+    it atomically. Layers with an inference form are replaced by it first; a failed check
+    raises and writes nothing.
 
     Args:
-        model: a Keras model with one NHWC image input (static height and width, or give
-            `image_size`).
+        model: a Keras model with one NHWC image input.
         path: the `.tflite` file to write.
         quantization: `"float32"`, `"float16"`, `"dynamic"` or `"int8"` (full integer, int8
             input and output). Defaults to `"float32"`.
-        representative_data: calibration images for `"int8"` (required there, ignored
-            otherwise): a NumPy array `(N, H, W, C)`, an `(images, labels)` tuple, a
-            `tf.data.Dataset` of images or `(image, label)` pairs (batched or not), or a
-            callable returning an iterable of those. Defaults to `None`.
+        representative_data: calibration images, required for `"int8"`: a NumPy array
+            `(N, H, W, C)`, an `(images, labels)` tuple, a `tf.data.Dataset` of images or
+            `(image, label)` pairs, or a callable returning those. Defaults to `None`.
         validation_data: held-out images for the verification, in the same forms; keep
             them apart from the calibration images. Defaults to `None`: smooth random
             images in the calibration data's range, reported as synthetic.
-        overwrite: replace an existing file at `path` (and `report_path`). Defaults to
-            `False`.
-        image_size: `(height, width)` where the model's input leaves them unknown.
-            Defaults to `None`.
+        overwrite: replace an existing `path` and `report_path`. Defaults to `False`.
+        image_size: `(height, width)` where the model leaves them unknown. Defaults to `None`.
         num_calibration_samples: calibrate on at most this many images. Defaults to `200`.
-        max_validation_samples: verify on at most this many held-out images. Defaults to
-            `256`.
+        max_validation_samples: verify on at most this many held-out images (`256`).
         thresholds: a `VerificationThresholds` or a dict of fields replacing the format's
             defaults (`keras_chanattn.export.DEFAULT_THRESHOLDS`). Defaults to `None`.
         probes: also verify on out-of-distribution probes. Defaults to `True`.
@@ -218,21 +214,15 @@ def export_tflite(
     >>> report = export_tflite(model, "se_int8.tflite", "int8", train_images[:200], test_images)
     >>> print(report.summary())
     """
-    check_quantization(quantization)
     thresholds = resolve_thresholds(quantization, thresholds)
     path = check_output_path(path, overwrite, "file")
     if report_path is not None:
         report_path = check_output_path(report_path, overwrite, "file")
     spec = image_input_spec(model, image_size)
-    calibration = _calibration_images(
-        quantization, representative_data, spec, num_calibration_samples
-    )
-    held_out = as_images(validation_data, spec, "validation_data", max_validation_samples)
-    data_range = value_range(held_out, calibration)
-    source = "validation_data"
-    if held_out is None:
-        held_out = synthetic_images(spec, SYNTHETIC_SAMPLES, *data_range, seed=seed)
-        source = "synthetic (no validation_data given)"
+    calibration, held_out, source, data_range = _images(
+        quantization, representative_data, validation_data, spec, num_calibration_samples,
+        max_validation_samples, seed,
+    )  # fmt: skip
     export_model, forms = inference_model(model)
     float_allowlist = declared_float_ops(export_model)
     tflite_bytes, widened = _convert(export_model, spec, quantization, calibration, float_allowlist)
