@@ -24,6 +24,14 @@ class LayerCase:
             `channels` channels).
         extra_kwargs: other valid constructor arguments whose variants the parity test
             also runs (each dict a variant).
+        export_kwargs: arguments over `kwargs` for the export suite's small classifier
+            (the block after a ReLU, 16 channels).
+        export_variants: `{label: kwargs}`, other graphs of the block (complete
+            constructor arguments) that the export suite also converts and verifies, as
+            `<name>-<label>`.
+        known_export_failures: `{quantization: reason}`, the TFLite formats whose
+            verified export the block is known to fail, and why; the export suite expects
+            those failures (strict), so a fix makes it fail until the entry is removed.
     """
 
     name: str
@@ -33,6 +41,9 @@ class LayerCase:
     params_256: tuple = ({}, 0, 0)
     invalid: list = dataclasses.field(default_factory=list)
     extra_kwargs: list = dataclasses.field(default_factory=list)
+    export_kwargs: dict = dataclasses.field(default_factory=dict)
+    export_variants: dict = dataclasses.field(default_factory=dict)
+    known_export_failures: dict = dataclasses.field(default_factory=dict)
 
 
 def randomize_weights(layer, seed=0, scale=0.5, rng=None):

@@ -37,16 +37,22 @@ from keras_chanattn.export.inference import export_hints
 from keras_chanattn.export.verify import attribute_layer, compare_outputs, quantized_range
 from keras_chanattn.images import as_images, probe_images
 from keras_chanattn.layers import AttentionLayer
-from tests.layer_cases import CASES, randomize_weights
+from tests.layer_cases import (
+    CASES,
+    case_variants,
+    export_variants,
+    int8_form_names,
+    known_export_failures,
+    randomize_weights,
+)
 
 SIZE = 16
 BLOCKS = keras_chanattn.list_attention()
 
-# (block, format) -> why its export fails verification today, measured on the model below:
-# a block whose graph needs an inference form that XNNPACK runs in one partition (or that
-# full int8 can run at all). Every registered block passes today. strict=True: when a
-# block's inference form fixes it, the test XPASSes, and fails until the entry is removed.
-KNOWN_FAILURES = {}
+# (block, format) -> why its export fails verification on the model below: each block's
+# LayerCase declares its own (`known_export_failures`). strict=True: when a block's
+# inference form fixes it, the test XPASSes, and fails until the entry is removed.
+KNOWN_FAILURES = known_export_failures()
 
 
 # --- data and models ------------------------------------------------------------------------
@@ -96,18 +102,13 @@ def fit(model, epochs=2):
     return model
 
 
-# The classifier puts each block after a ReLU. There SRM's default inference form (no
-# channel scaling) loses top-1 agreement in full int8 and fails the verification (see
-# test_srm_after_relu_needs_channel_scaling_and_says_so), so this model uses the scaled form.
-EXPORT_KWARGS = {"srm": {"scale_statistics": True}}
-
-
 @functools.cache
 def trained(name):
     """A small classifier around block `name`, randomised then trained (cached per block)."""
+    # The classifier puts each block after a ReLU; a case's `export_kwargs` adapt the block
+    # to that place (SRM's scaled inference form).
     case = CASES.get(name)
-    kwargs, channels = (case.kwargs, case.channels) if case else ({}, 16)
-    kwargs = {**kwargs, **EXPORT_KWARGS.get(name, {})}
+    kwargs, channels = ({**case.kwargs, **case.export_kwargs}, case.channels) if case else ({}, 16)
     keras.utils.set_random_seed(0)
     block = keras_chanattn.create_attention(name, **kwargs)
     model = small_model(block, channels)
@@ -167,17 +168,9 @@ def test_tflite_export_passes_verification(name, quantization, tmp_path):
     assert json.loads(report.to_json())["passed"] is True
 
 
-# Variants whose graphs differ from the registry cases above; each must export as well.
-VARIANTS = {
-    "ge-global-mlp": ("ge", {"use_mlp": True, "reduction": 4}),
-    "ge-partial-tiles": ("ge", {"extent": 3}),  # 16 = 5 * 3 + 1
-    "ge-one-tile": ("ge", {"extent": 32, "gate_activation": "hard_sigmoid"}),
-    "ge-theta": ("ge", {"parametric": True}),
-    "ge-theta-plus": ("ge", {"parametric": True, "use_mlp": True, "reduction": 4}),
-    "triplet-no-spatial": ("triplet", {"no_spatial": True}),
-    "gc-mul": ("gc", {"reduction": 4, "fusion": "mul"}),
-    "gc-avg": ("gc", {"reduction": 4, "pooling": "avg"}),
-}
+# Variants whose graphs differ from the registry cases above (each case's
+# `export_variants`); each must export as well.
+VARIANTS = export_variants()
 
 
 @functools.cache
@@ -275,7 +268,7 @@ def test_inference_model_keeps_outputs(name):
 
 # The blocks whose inference forms are rewritten for full int8 (rescaled statistics, float
 # per-channel paths declared in export_float_ops).
-INT8_FORMS = ["srm", "sge", "sa", "gc"]
+INT8_FORMS = int8_form_names()
 
 
 def _activations(kind, shape, rng):
@@ -292,8 +285,7 @@ def test_int8_inference_forms_match_the_reference(name):
     with dead channels, and on 1x1 maps; the form also survives its config."""
     case = CASES[name]
     rng = np.random.default_rng(0)
-    variants = [case.kwargs] + [dict(case.kwargs, **extra) for extra in case.extra_kwargs]
-    for i, kwargs in enumerate(variants):
+    for i, kwargs in enumerate(case_variants(case)):
         layer = keras_chanattn.create_attention(name, **kwargs)
         layer.build((None, None, None, case.channels))
         randomize_weights(layer, seed=i)

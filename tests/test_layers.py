@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_chanattn
-from tests.layer_cases import CASES, randomize_weights
+from tests.layer_cases import CASES, case_variants, randomize_weights
 
 NAMES = keras_chanattn.list_attention()
 TOLERANCE = 1e-5
@@ -50,20 +50,31 @@ def test_every_registered_block_has_a_test_case():
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("shape", [(2, 7, 5), (1, 8, 8), (3, 1, 1)])
-def test_matches_numpy_reference(name, training, shape):
+def test_matches_numpy_reference(name):
+    """Every variant of the case, in training and inference mode, on three input shapes,
+    against the NumPy reference. With `-s` it prints the block's worst error and the
+    number of variants (the parity figures of docs/benchmarks.md):
+
+        .venv/bin/python -m pytest tests/test_layers.py -k matches_numpy_reference -s
+    """
     case = CASES[name]
-    variants = [case.kwargs] + [dict(case.kwargs, **extra) for extra in case.extra_kwargs]
-    for i, kwargs in enumerate(variants):
-        layer = keras_chanattn.create_attention(name, **kwargs)
-        x = random_input((*shape, case.channels), seed=i)
-        layer.build(x.shape)
-        randomize_weights(layer, seed=i)
-        expected = case.reference(layer, x.astype(np.float64), training)
-        got = keras.ops.convert_to_numpy(layer(x, training=training))
-        err = np.max(np.abs(got - expected))
-        assert err <= TOLERANCE, f"{name} {kwargs} training={training}: max abs error {err:.2e}"
+    variants = case_variants(case)
+    worst = 0.0
+    for training in (False, True):
+        for shape in [(2, 7, 5), (1, 8, 8), (3, 1, 1)]:
+            for i, kwargs in enumerate(variants):
+                layer = keras_chanattn.create_attention(name, **kwargs)
+                x = random_input((*shape, case.channels), seed=i)
+                layer.build(x.shape)
+                randomize_weights(layer, seed=i)
+                expected = case.reference(layer, x.astype(np.float64), training)
+                got = keras.ops.convert_to_numpy(layer(x, training=training))
+                err = float(np.max(np.abs(got - expected)))
+                assert err <= TOLERANCE, (
+                    f"{name} {kwargs} training={training} shape={shape}: max abs error {err:.2e}"
+                )
+                worst = max(worst, err)
+    print(f"\n{name:<18} max abs error {worst:.1e} over {len(variants)} variants")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -231,3 +242,21 @@ def test_create_attention_takes_a_layer_name_and_rejects_unknown_names():
     assert isinstance(layer, keras_chanattn.SqueezeExcite) and layer.name == "my_gate"
     with pytest.raises(ValueError, match="Valid names are: .*srm"):
         keras_chanattn.create_attention("senet")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("channels", [8, 16, 24])
+def test_small_network_kwargs_build_on_small_maps(name, channels):
+    kwargs = keras_chanattn.layers.registry.small_network_kwargs(name, channels)
+    layer = keras_chanattn.create_attention(name, **kwargs)
+    layer.build((None, 8, 8, channels))
+    x = random_input((1, 8, 8, channels))
+    assert layer(x).shape == x.shape
+
+
+def test_paper_figures_are_declared_in_one_shape():
+    figures = keras_chanattn.layers.registry.paper_figures("resnet50")
+    assert figures, "no block declares its paper's ResNet-50 figures"
+    for name, paper in figures.items():
+        assert set(paper) == {"delta", "gflops", "top1", "base_top1"}, name
+        assert isinstance(paper["delta"], int), name

@@ -1,4 +1,13 @@
-"""Attention layers, one module per family, and the registry that names them."""
+"""Attention layers, one module per family, and the registry that names them.
+
+Every module of this package is imported below, so a block registers itself
+(`@register_attention`) by living here: a new module needs no line in this file. The
+explicit imports name the public classes; a new block is reached by its registry name
+(`create_attention`) and added to them when it becomes part of the public API.
+"""
+
+import importlib
+import pkgutil
 
 from keras_chanattn.layers.cbam import (
     CBAM,
@@ -60,3 +69,15 @@ __all__ = [
     "register_attention",
     "z_pool",
 ]
+
+
+def import_layer_modules():
+    """Imports each module of this package, running its `@register_attention` decorators.
+
+    Runs at import; call it again after adding a module to the package at run time.
+    """
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+import_layer_modules()

@@ -23,6 +23,17 @@ def register_attention(name):
     return decorator
 
 
+def unregister_attention(name):
+    """Removes `name` from the registry and its class from Keras' saving registry.
+
+    For blocks defined at run time (a test, a notebook cell run twice); the package's
+    own blocks stay registered for the life of the process.
+    """
+    cls = _REGISTRY.pop(name)
+    keras.saving.get_custom_objects().pop(keras.saving.get_registered_name(cls), None)
+    del cls.registry_name
+
+
 def list_attention():
     """Returns the registered attention names, sorted."""
     return sorted(_REGISTRY)

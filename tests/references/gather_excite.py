@@ -83,5 +83,12 @@ CASES = [
             {"extent": None, "use_mlp": True},  # parameter-free gather + MLP: SE
             {"extent": 2, "use_mlp": True, "reduction": 3, "divisor": 8},
         ],
+        export_variants={
+            "global-mlp": {"use_mlp": True, "reduction": 4},
+            "partial-tiles": {"extent": 3},  # 16 = 5 * 3 + 1
+            "one-tile": {"extent": 32, "gate_activation": "hard_sigmoid"},
+            "theta": {"parametric": True},
+            "theta-plus": {"parametric": True, "use_mlp": True, "reduction": 4},
+        },
     ),
 ]

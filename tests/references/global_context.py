@@ -59,5 +59,9 @@ CASES = [
             {"pooling": "avg", "fusion": "mul"},
             {"reduction": 3, "divisor": 8},
         ],
+        export_variants={
+            "mul": {"reduction": 4, "fusion": "mul"},
+            "avg": {"reduction": 4, "pooling": "avg"},
+        },
     ),
 ]

@@ -38,5 +38,6 @@ CASES = [
             {"kernel_size": 3},
             {"kernel_size": 5, "no_spatial": True, "bn_epsilon": 1e-3},
         ],
+        export_variants={"no-spatial": {"no_spatial": True}},
     ),
 ]
