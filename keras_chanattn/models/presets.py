@@ -70,7 +70,7 @@ def get_preset(name):
     )
 
 
-def build_model(name, attention=None, *, paper_settings=False, **kwargs):
+def build_model(name, /, attention=None, *, paper_settings=False, **kwargs):
     """Builds preset (or family) `name` with `attention` (a block name or `None`).
 
     `kwargs` are merged over the preset's arguments (they do not replace them);
