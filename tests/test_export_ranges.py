@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from ai_edge_litert.tools import flatbuffer_utils
 
 from keras_chanattn.cli import main as cli_main
 from keras_chanattn.export import ExportVerificationError, convert_tflite, export_tflite
@@ -48,22 +49,23 @@ def fine_tuned_like(name):
 
 
 def _int8_binary_nodes(tflite_bytes):
-    """`(op name, [input, input, output] tensor details)` of each int8 ADD/SUB/MUL, read
-    through the interpreter (independently of `export.ranges`)."""
+    """`(op name, [input, input, output] tensor details)` of each int8 ADD/SUB/MUL: the ops
+    read from the flatbuffer, the scales through the interpreter (independently of
+    `export.ranges`)."""
+    model = flatbuffer_utils.read_model_from_bytearray(tflite_bytes)
     interpreter = Interpreter(
         model_content=tflite_bytes,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
     found = []
-    for node in interpreter._get_ops_details():  # noqa: SLF001
-        if node["op_name"] not in ("ADD", "SUB", "MUL"):
+    for operator in model.subgraphs[0].operators:
+        op = flatbuffer_utils.opcode_to_name(model, operator.opcodeIndex)
+        if op not in ("ADD", "SUB", "MUL"):
             continue
-        details = [
-            interpreter._get_tensor_details(int(i), 0)  # noqa: SLF001
-            for i in [*node["inputs"], *node["outputs"]]
-        ]
+        details = [tensors[int(i)] for i in [*operator.inputs, *operator.outputs]]
         if all(d["dtype"] == np.int8 for d in details):
-            found.append((node["op_name"], details))
+            found.append((op, details))
     return found
 
 
