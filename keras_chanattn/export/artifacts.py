@@ -26,11 +26,41 @@ def artifact_paths(out_dir, stem, fmt):
 
 
 def check_formats(formats):
+    """`formats` without repeats, in order; raises `ValueError` for an unknown or no format."""
     formats = list(dict.fromkeys(formats))  # unique, in order
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"Unknown export format(s) {unknown}; valid formats are {list(FORMATS)}.")
     return formats
+
+
+def _check_outputs(out_dir, stem, formats, overwrite):
+    """Refuses, before any work, an existing artefact or report (unless `overwrite`)."""
+    for fmt in formats:
+        for path in artifact_paths(out_dir, stem, fmt):
+            kind = "directory" if path.endswith("_saved_model") else "file"
+            check_output_path(path, overwrite, kind)
+
+
+def _export(model, fmt, path, representative_data, validation_data, *, overwrite, image_size,
+            batch_size, num_calibration_samples, enforce, num_threads):  # fmt: skip
+    """`(report, text to log)` of one format's export to `path`."""
+    if fmt == SAVED_MODEL:
+        report = export_saved_model(
+            model, path, batch_size=batch_size, overwrite=overwrite, image_size=image_size,
+            check_data=validation_data,
+        )  # fmt: skip
+        text = (
+            f"{fmt}: {'PASSED' if report.passed else 'FAILED'}, relative error "
+            f"{report.relative_error:.3g} on reload -> {path}"
+        )
+        return report, text
+    report = export_tflite(
+        model, path, fmt, representative_data, validation_data, overwrite=overwrite,
+        image_size=image_size, num_calibration_samples=num_calibration_samples,
+        enforce=enforce, num_threads=num_threads,
+    )  # fmt: skip
+    return report, report.summary() + f"\n  -> {path}"
 
 
 def export_artifacts(
@@ -81,31 +111,17 @@ def export_artifacts(
     """
     formats = check_formats(formats)
     stem = stem or model.name
-    for fmt in formats:
-        for path in artifact_paths(out_dir, stem, fmt):
-            check_output_path(
-                path, overwrite, "directory" if path.endswith("_saved_model") else "file"
-            )
+    _check_outputs(out_dir, stem, formats, overwrite)
     reports = {}
     for fmt in formats:
         path, report_path = artifact_paths(out_dir, stem, fmt)
         try:
-            if fmt == SAVED_MODEL:
-                report = export_saved_model(
-                    model, path, batch_size=batch_size, overwrite=overwrite, image_size=image_size,
-                    check_data=validation_data,
-                )  # fmt: skip
-                text = (
-                    f"{fmt}: {'PASSED' if report.passed else 'FAILED'}, relative error "
-                    f"{report.relative_error:.3g} on reload -> {path}"
-                )
-            else:
-                report = export_tflite(
-                    model, path, fmt, representative_data, validation_data, overwrite=overwrite,
-                    image_size=image_size, num_calibration_samples=num_calibration_samples,
-                    enforce=enforce, num_threads=num_threads,
-                )  # fmt: skip
-                text = report.summary() + f"\n  -> {path}"
+            report, text = _export(
+                model, fmt, path, representative_data, validation_data, overwrite=overwrite,
+                image_size=image_size, batch_size=batch_size,
+                num_calibration_samples=num_calibration_samples, enforce=enforce,
+                num_threads=num_threads,
+            )  # fmt: skip
         except ExportVerificationError as error:
             report = error.report
             text = f"{fmt}: FAILED, nothing written\n" + "\n".join(

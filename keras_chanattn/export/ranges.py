@@ -8,16 +8,16 @@ XNNPACK partitions:
 - ADD, SUB: each input's scale over the output's in `[2^-10, 2^8)`;
 - MUL: the product of the input scales over the output's in `[2^-16, 2^8)`.
 
-After a fine-tune, a gate's small terms break the lower limits: Global Context adds a
-context vector about 1/1000 of the map's range to the map; Shuffle Attention's spatial half
-multiplies by a slope of order 1e-3. `fit_xnnpack_ranges` widens, before quantisation, the
-recorded range of such an input to `MARGIN` times the limit, and lists what it widened. It
-only widens a tensor that no other op reads; a range that is zero (a term that is always 0)
-is left alone. Widening never moves a value outside the range; it costs resolution only in
-the widened tensor, and at the limit that is nothing the output can show: the widened
-input's rounding error (half its scale) is at most `2^-10` of the output's scale for ADD and
-SUB (`scale_in = MARGIN * 2^-10 * scale_out`), and for MUL at most `128 * scale_a * scale_b'
-/ 2 = 2^-9` of it (`scale_a * scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
+A gate's small terms can break the lower limits, typically after a fine-tune (Global
+Context's context vector added to the map, Shuffle Attention's small spatial slope).
+`fit_xnnpack_ranges` widens, before quantisation, the recorded range of such an input to
+`MARGIN` times the limit, and lists what it widened. It only widens a tensor that no other op
+reads; a range that is zero (a term that is always 0) is left alone. Widening never moves a
+value outside the range; it costs resolution only in the widened tensor, and at the limit
+that is nothing the output can show: the widened input's rounding error (half its scale) is
+at most `2^-10` of the output's scale for ADD and SUB (`scale_in = MARGIN * 2^-10 *
+scale_out`), and for MUL at most `128 * scale_a * scale_b' / 2 = 2^-9` of it (`scale_a *
+scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
 
 `scale_ratio_problems` and `int8_scale_problems` check a quantised model against the same
 limits: the verification names them beside an op left outside XNNPACK, and
@@ -116,8 +116,8 @@ def fit_xnnpack_ranges(calibrated, float_outputs=()):
     """Widens the recorded ranges of a calibrated model to XNNPACK's int8 scale limits.
 
     Args:
-        calibrated: a float TFLite flatbuffer with recorded ranges (the converter's
-            `_experimental_calibrate_only` output).
+        calibrated: a float TFLite flatbuffer with recorded ranges
+            (`keras_chanattn._compat.tf_converter.calibrate_only`).
         float_outputs: output tensor names of the ops that will stay in float (the
             declared float ops); they are not checked. Defaults to `()`.
 

@@ -9,7 +9,7 @@ import numpy as np
 from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.files import atomic_output, check_output_path
 from keras_chanattn.export.inference import inference_model
-from keras_chanattn.images import image_input_spec, synthetic_images
+from keras_chanattn.images import as_images, image_input_spec, synthetic_images
 
 # Name of the signature's input argument (and of the TFLite input).
 INPUT_NAME = "images"
@@ -140,6 +140,18 @@ def check_saved_model(directory, model, spec, batch_size, images, tolerance):
     return len(got[0]), max_abs, relative, failures
 
 
+def _check_images(check_data, spec, batch_size):
+    """The reload check's images: `check_data` or smooth random images, in whole batches."""
+    count = 4 if batch_size is None else 2 * batch_size
+    images = as_images(check_data, spec, "check_data", limit=count)
+    if images is None:
+        images = synthetic_images(spec, count)
+    if batch_size is not None and len(images) % batch_size:
+        # A static batch needs whole batches: repeat images to fill the last one.
+        images = np.resize(images, (-(-len(images) // batch_size) * batch_size, *images.shape[1:]))
+    return images
+
+
 def export_saved_model(
     model,
     path,
@@ -184,19 +196,11 @@ def export_saved_model(
     >>> report.relative_error < 1e-4
     True
     """
-    from keras_chanattn.images import as_images
-
     path = check_output_path(path, overwrite, "directory")
     batch_size = _check_batch_size(batch_size)
     spec = image_input_spec(model, image_size, require_static=False)
     check_spec = spec if spec.is_static else image_input_spec(model, (32, 32))
-    count = 4 if batch_size is None else 2 * batch_size
-    images = as_images(check_data, check_spec, "check_data", limit=count)
-    if images is None:
-        images = synthetic_images(check_spec, count)
-    if batch_size is not None and len(images) % batch_size:
-        # A static batch needs whole batches: repeat images to fill the last one.
-        images = np.resize(images, (-(-len(images) // batch_size) * batch_size, *images.shape[1:]))
+    images = _check_images(check_data, check_spec, batch_size)
     export_model, forms = inference_model(model)
     with atomic_output(path, overwrite, kind="directory") as tmp:
         write_saved_model(export_model, tmp, spec, batch_size)

@@ -118,6 +118,14 @@ def _calibration_images(quantization, representative_data, spec, limit):
     return as_images(representative_data, spec, "representative_data", limit)
 
 
+def _output_paths(path, report_path, overwrite):
+    """Both paths checked before any work (`files.check_output_path`)."""
+    path = check_output_path(path, overwrite, "file")
+    if report_path is not None:
+        report_path = check_output_path(report_path, overwrite, "file")
+    return path, report_path
+
+
 def _images(quantization, representative_data, validation_data, spec, num_calibration,
             max_validation, seed):  # fmt: skip
     """`(calibration, held-out images, their source, data range)` for `export_tflite`."""
@@ -203,8 +211,8 @@ def export_tflite(
         The `VerificationReport`, with `path` set.
 
     Raises:
-        ValueError: unknown format, missing or wrongly shaped calibration data, a model
-            whose input is not an NHWC image, bad thresholds.
+        ValueError: unknown format or thresholds, missing or ill-shaped calibration data, a
+            model whose input is not an NHWC image.
         FileExistsError: `path` (or `report_path`) exists and `overwrite` is false.
         ConversionError: the converter rejected the model (e.g. an op with no builtin).
         ExportVerificationError: a verification check failed; `.report` has the figures.
@@ -215,9 +223,7 @@ def export_tflite(
     >>> print(report.summary())
     """
     thresholds = resolve_thresholds(quantization, thresholds)
-    path = check_output_path(path, overwrite, "file")
-    if report_path is not None:
-        report_path = check_output_path(report_path, overwrite, "file")
+    path, report_path = _output_paths(path, report_path, overwrite)
     spec = image_input_spec(model, image_size)
     calibration, held_out, source, data_range = _images(
         quantization, representative_data, validation_data, spec, num_calibration_samples,
