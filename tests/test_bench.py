@@ -310,12 +310,12 @@ class _FakeInterpreter:
 
 
 def test_latency_runs_are_interleaved_in_shuffled_rounds(monkeypatch):
-    from keras_chanattn import bench as bench_module
+    from keras_chanattn.bench import latency
 
     calls = []
     monkeypatch.setattr(
-        bench_module,
-        "_interpreter",
+        latency,
+        "make_interpreter",
         lambda content, threads: (_FakeInterpreter(content, calls), None),
     )
     names = [b"a", b"b", b"c", b"d"]
