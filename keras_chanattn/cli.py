@@ -237,10 +237,11 @@ def _split_names(text):
     ],
 )
 def _params(args):
-    from keras_chanattn.models.params import backbones, complexity_rows, format_rows
+    from keras_chanattn.models import presets
+    from keras_chanattn.models.params import complexity_rows, format_rows
 
-    if args.backbone not in backbones():
-        print(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones())}")
+    if args.backbone not in presets.list_presets():
+        print(f"unknown backbone {args.backbone!r}; known: {', '.join(presets.list_presets())}")
         return 2
     kwargs = {}
     if args.input_size:
@@ -409,7 +410,7 @@ def _bench(args):
     from keras_chanattn.bench import backbone_models, bench
     from keras_chanattn.export.verify import QUANTIZATIONS
     from keras_chanattn.images import image_input_spec, synthetic_images
-    from keras_chanattn.models.params import backbones
+    from keras_chanattn.models import presets
 
     skipped = {}
     try:
@@ -425,15 +426,12 @@ def _bench(args):
             spec = image_input_spec(next(iter(models.values())))
             size = (spec.height, spec.width)
         else:
-            if args.backbone not in backbones():
-                raise ValueError(
-                    f"Unknown backbone {args.backbone!r}; known: {', '.join(backbones())}."
-                )
+            presets.get_preset(args.backbone)  # an unknown name raises, listing the known
             builder_kwargs = dict(args.backbone_args or {})
             if args.image_size:
                 builder_kwargs["input_shape"] = (args.image_size, args.image_size, 3)
             else:  # the builder's default size
-                plain = backbones()[args.backbone](None, **builder_kwargs)
+                plain = presets.build_model(args.backbone, None, **builder_kwargs)
                 builder_kwargs["input_shape"] = tuple(plain.input_shape[1:])
             size = builder_kwargs["input_shape"][:2]
         data = None

@@ -14,6 +14,7 @@ import time
 
 import keras
 
+from keras_chanattn._compat.keras_graph import flatten_layers
 from keras_chanattn.layers.common import AttentionLayer
 
 
@@ -87,7 +88,7 @@ def no_decay_variables(model, include_attention=True):
     """Variables exempt from weight decay: biases, normalisation weights and (optionally)
     every weight of the attention blocks."""
     exempt = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in flatten_layers(model):
         is_norm = isinstance(
             layer,
             keras.layers.BatchNormalization
@@ -107,7 +108,7 @@ def set_synchronized_batch_norm(model, synchronized=True):
     statistics are reduced across replicas under a `tf.distribute` strategy. Returns the
     number of layers changed."""
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = synchronized
             count += 1
@@ -277,7 +278,7 @@ def _fit(build_model, data, config, out_dir, strategy, verbose, callbacks):
 def _batch_norm_layers(model):
     return [
         layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in flatten_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
 

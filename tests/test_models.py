@@ -7,6 +7,7 @@ import pytest
 
 import keras_chanattn
 from keras_chanattn import models
+from keras_chanattn._compat import keras_graph
 from keras_chanattn.models.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_chanattn.models.resnet import CIFAR_STAGES, IMAGENET_STAGES
 
@@ -34,8 +35,8 @@ def trainable_count(model):
 
 def inbound(model, name):
     """Names of the layers feeding layer `name` (its first call)."""
-    node = model.get_layer(name)._inbound_nodes[0]
-    return [t._keras_history.operation.name for t in node.input_tensors]
+    node = keras_graph.inbound_node(model.get_layer(name))
+    return [keras_graph.producer(t).name for t in node.input_tensors]
 
 
 def consumers(model, name):
@@ -44,9 +45,10 @@ def consumers(model, name):
 
 
 def _safe_inbound(model, layer):
-    if not layer._inbound_nodes:
+    node = keras_graph.inbound_node(layer)
+    if node is None:
         return []
-    return [t._keras_history.operation.name for t in layer._inbound_nodes[0].input_tensors]
+    return [keras_graph.producer(t).name for t in node.input_tensors]
 
 
 def attention_layers(model):

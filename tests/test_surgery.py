@@ -6,6 +6,7 @@ import pytest
 
 import keras_chanattn
 from keras_chanattn import models
+from keras_chanattn._compat import keras_graph
 
 SE_RESNET50_DELTA = 2_530_992  # docs/blocks.md; tests/test_models.py checks the builder gives it
 
@@ -15,8 +16,8 @@ def trainable_count(model):
 
 
 def inbound(model, name):
-    node = model.get_layer(name)._inbound_nodes[0]
-    return [t._keras_history.operation.name for t in node.input_tensors]
+    node = keras_graph.inbound_node(model.get_layer(name))
+    return [keras_graph.producer(t).name for t in node.input_tensors]
 
 
 def attention_layers(model):

@@ -12,9 +12,10 @@ tables (where "GFLOPs" means 10^9 multiply-adds):
   `Conv2D` / `DepthwiseConv2dNative` / `MatMul` / `BatchMatMul`, one per output element of
   an elementwise op (add, multiply, sigmoid, sqrt, ...), one per input element of a
   reduction (mean, sum, max), two per element of an inference BatchNorm, and none for
-  data movement (reshape, transpose, concat, slice, pad, cast). This is how the SE
-  paper's +0.01 GFLOPs of SE-ResNet-50 comes about: the FC layers, the pooling and the
-  rescaling.
+  data movement (reshape, transpose, concat, slice, pad, cast). So a block costs its FC
+  layers, its pooling and its rescaling, as in the papers.
+
+The models are built from `keras_chanattn.models.presets`, the one table of named models.
 """
 
 import math
@@ -23,7 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_chanattn._compat import keras_graph
 from keras_chanattn.layers.registry import list_attention, paper_figures
+from keras_chanattn.models import presets
+from keras_chanattn.tables import Column, format_table
 
 # Ops counted one per output element.
 _ELEMENTWISE = {
@@ -65,15 +69,15 @@ def count_flops(model):
 
 
 def _nodes(model):
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            operation = node.operation
-            if operation is None or node.is_input:
-                continue
-            if isinstance(operation, keras.Model) and hasattr(operation, "_nodes_by_depth"):
-                yield from _nodes(operation)
-            else:
-                yield node
+    """The layer calls of `model`, those of nested functional models unrolled."""
+    for node in keras_graph.graph_nodes(model):
+        operation = node.operation
+        if operation is None or node.is_input:
+            continue
+        if keras_graph.is_functional(operation):
+            yield from _nodes(operation)
+        else:
+            yield node
 
 
 def _known(shape, what):
@@ -176,45 +180,16 @@ def _op_flops(op):
     return 0
 
 
-def backbones():
-    """The backbones the table knows, by name: `{name: builder(attention, **kwargs)}`."""
-    # The builder functions shadow their modules' names in `keras_chanattn.models`.
-    from keras_chanattn.models.mobilenet_v2 import mobilenet_v2
-    from keras_chanattn.models.resnet import IMAGENET_DEPTHS, cifar_resnet, resnet
-
-    table = {}
-    for depth in IMAGENET_DEPTHS:
-        table[f"resnet{depth}"] = _bind(resnet, depth)
-    for depth in (20, 32, 44, 56, 110, 164):
-        table[f"resnet{depth}"] = _bind(cifar_resnet, depth)
-    table["mobilenet_v2"] = mobilenet_v2
-    return table
-
-
-def _bind(builder, depth):
-    def build(attention=None, **kwargs):
-        return builder(depth, attention, **kwargs)
-
-    return build
-
-
-def paper_settings(backbone, block):
-    """Builder arguments that reproduce a paper's configuration (ECA's official kernels)."""
-    from keras_chanattn.models.resnet import ECA_RESNET50_KERNELS
-
-    if backbone == "resnet50" and block == "eca":
-        return {"stage_kwargs": ECA_RESNET50_KERNELS}
-    return {}
-
-
 def complexity_rows(backbone="resnet50", blocks=None, flops=True, **builder_kwargs):
     """Params, trainable params, delta over the plain backbone and FLOPs, one row per block.
 
     Args:
-        backbone: a name from `backbones()`, e.g. `"resnet50"`.
+        backbone: a name from `keras_chanattn.models.presets.list_presets()` (e.g.
+            `"resnet50"`) or a builder family given its arguments in `**builder_kwargs`.
         blocks: registered block names; `None` for all of them.
         flops: count FLOPs too (a few seconds per deep model).
-        **builder_kwargs: passed to the builder (e.g. `input_shape`, `alpha`).
+        **builder_kwargs: passed to the builder over the preset's (e.g. `input_shape`,
+            `alpha`).
 
     Returns:
         A list of dicts with keys `block`, `params`, `trainable`, `delta` (trainable),
@@ -223,11 +198,11 @@ def complexity_rows(backbone="resnet50", blocks=None, flops=True, **builder_kwar
         `paper_base_top1` (None where the paper gives none). The first row is the plain
         backbone (`block` "none"). A block that cannot be built on this backbone with its
         defaults gets a row with `error` set.
+
+    Raises:
+        ValueError: for an unknown backbone or block name.
     """
-    table = backbones()
-    if backbone not in table:
-        raise ValueError(f"Unknown backbone {backbone!r}; known: {', '.join(table)}.")
-    build = table[backbone]
+    presets.get_preset(backbone)
     names = list_attention() if blocks is None else list(blocks)
     unknown = sorted(set(names) - set(list_attention()))
     if unknown:
@@ -235,77 +210,99 @@ def complexity_rows(backbone="resnet50", blocks=None, flops=True, **builder_kwar
     papers = paper_figures(backbone)  # each block's class declares its paper's figures
     builder_kwargs.setdefault("include_top", True)
 
-    def row(block, model=None, error=None):
-        paper = papers.get(block, {})
-        total, trainable = count_params(model) if model is not None else (None, None)
-        return {
-            "block": block,
-            "params": total,
-            "trainable": trainable,
-            "delta": None,
-            "delta_all": None,
-            "gflops": count_flops(model) / 1e9 if flops and model is not None else None,
-            "error": error,
-            "paper_delta": paper.get("delta"),
-            "paper_gflops": paper.get("gflops"),
-            "paper_top1": paper.get("top1"),
-            "paper_base_top1": paper.get("base_top1"),
-        }
+    def build(block):
+        return presets.build_model(backbone, block, paper_settings=True, **builder_kwargs)
 
-    plain = row("none", build(None, **builder_kwargs))
+    plain = _row("none", build(None), papers, flops)
     rows = [plain]
     for block in names:
         keras.backend.clear_session()
-        kwargs = dict(builder_kwargs, **paper_settings(backbone, block))
         try:
-            model = build(block, **kwargs)
+            model = build(block)
         except ValueError as error:
-            rows.append(row(block, error=str(error)))
+            rows.append(_row(block, None, papers, flops, error=str(error)))
             continue
-        rows.append(row(block, model))
+        rows.append(_row(block, model, papers, flops))
         rows[-1]["delta"] = rows[-1]["trainable"] - plain["trainable"]
         rows[-1]["delta_all"] = rows[-1]["params"] - plain["params"]
     return rows
 
 
-def format_rows(rows, backbone):
-    """The rows of `complexity_rows` as a fixed-width text table."""
+def _row(block, model, papers, flops, error=None):
+    """One row of `complexity_rows`: the counts of `model` (None when it failed to build)."""
+    paper = papers.get(block, {})
+    total, trainable = count_params(model) if model is not None else (None, None)
+    return {
+        "block": block,
+        "params": total,
+        "trainable": trainable,
+        "delta": None,
+        "delta_all": None,
+        "gflops": count_flops(model) / 1e9 if flops and model is not None else None,
+        "error": error,
+        "paper_delta": paper.get("delta"),
+        "paper_gflops": paper.get("gflops"),
+        "paper_top1": paper.get("top1"),
+        "paper_base_top1": paper.get("base_top1"),
+    }
 
-    def num(value, fmt="{:,}"):
-        return "-" if value is None else fmt.format(value)
 
-    header = (
-        f"{'block':<18}{'params':>12}{'trainable':>12}{'delta':>12}{'delta all':>12}"
-        f"{'paper delta':>13}{'GFLOPs':>8}{'paper':>7}{'paper top-1':>16}"
-    )
-    lines = [f"{backbone}: parameters and FLOPs per attention block", header, "-" * len(header)]
+def _signed(value):
+    return f"{value:+,}"
+
+
+COMPLEXITY_COLUMNS = (
+    Column("block", "block", align="left"),
+    Column("params", "params", "{:,}"),
+    Column("trainable", "trainable", "{:,}"),
+    Column("delta", "delta", _signed),
+    Column("delta_all", "delta all", _signed),
+    Column("paper_delta", "paper delta", _signed),
+    Column("gflops", "GFLOPs", "{:.3f}"),
+    Column("paper_gflops", "paper", "{:.2f}"),
+    Column("paper_top1_text", "paper top-1"),
+)
+
+_FOOTNOTE = (
+    "delta: trainable parameters over the plain network (delta all: with BatchNorm",
+    "statistics and other non-trainable weights). GFLOPs: 10^9 multiply-adds at",
+    "batch 1 (convolutions and dense layers, plus every op inside the attention blocks),",
+    "counted from the Keras graph. paper: the papers' figures (docs/blocks.md), each from",
+    "its own paper (top-1 with that paper's baseline in brackets).",
+)
+_RESNET50_FOOTNOTE = (
+    "Our ResNet-50 is torchvision's (v1.5: stride in the 3x3 conv, 4.1 GFLOPs plain),",
+    "as the SA, CBAM, SGE and Triplet papers count; the SE, SRM and ECA papers count",
+    "3.86 GFLOPs for the plain ResNet-50 (v1, stride in the first 1x1 conv). ECA uses",
+    "its official checkpoint's kernel sizes 3, 5, 5, 7 per stage.",
+)
+
+
+def format_rows(rows, backbone, markdown=False):
+    """The rows of `complexity_rows` as a table (aligned text, or Markdown), with notes.
+
+    Blocks that could not be built are listed under the table with the reason.
+    """
+    built = [dict(row, paper_top1_text=_top1_text(row)) for row in rows if not row["error"]]
+    lines = [
+        f"{backbone}: parameters and FLOPs per attention block",
+        format_table(built, COMPLEXITY_COLUMNS, markdown=markdown),
+    ]
+    width = max(len(row["block"]) for row in rows)
     for row in rows:
         if row["error"]:
             reason = row["error"].split(": ", 1)[-1].split(". ")[0]
-            lines.append(f"{row['block']:<18}cannot build with its defaults: {reason}.")
-            continue
-        top1 = num(row["paper_top1"], "{:.2f}")
-        if row["paper_base_top1"] is not None:
-            top1 += f" ({row['paper_base_top1']:.2f})"
-        lines.append(
-            f"{row['block']:<18}{num(row['params']):>12}{num(row['trainable']):>12}"
-            f"{num(row['delta'], '{:+,}'):>12}{num(row['delta_all'], '{:+,}'):>12}"
-            f"{num(row['paper_delta'], '{:+,}'):>13}{num(row['gflops'], '{:.3f}'):>8}"
-            f"{num(row['paper_gflops'], '{:.2f}'):>7}{top1:>16}"
-        )
-    lines += [
-        "",
-        "delta: trainable parameters over the plain network (delta all: with BatchNorm",
-        "statistics and other non-trainable weights). GFLOPs: 10^9 multiply-adds at",
-        "batch 1 (convolutions and dense layers, plus every op inside the attention blocks),",
-        "counted from the Keras graph. paper: the figures of SPEC.md, each from its own paper",
-        "(top-1 with that paper's baseline in brackets).",
-    ]
+            lines.append(f"{row['block']:<{width}}  cannot build with its defaults: {reason}.")
+    lines += ["", *_FOOTNOTE]
     if backbone == "resnet50":
-        lines += [
-            "Our ResNet-50 is torchvision's (v1.5: stride in the 3x3 conv, 4.1 GFLOPs plain),",
-            "as the SA, CBAM, SGE and Triplet papers count; the SE, SRM and ECA papers count",
-            "3.86 GFLOPs for the plain ResNet-50 (v1, stride in the first 1x1 conv). ECA uses",
-            "its official checkpoint's kernel sizes 3, 5, 5, 7 per stage.",
-        ]
+        lines += _RESNET50_FOOTNOTE
     return "\n".join(lines)
+
+
+def _top1_text(row):
+    if row["paper_top1"] is None:
+        return None
+    text = f"{row['paper_top1']:.2f}"
+    if row["paper_base_top1"] is not None:
+        text += f" ({row['paper_base_top1']:.2f})"
+    return text

@@ -49,7 +49,7 @@ IMAGENET_DEPTHS = {
 IMAGENET_STAGES = (2, 3, 4, 5)
 CIFAR_STAGES = (1, 2, 3)
 
-# Kernel sizes of ECA's official ResNet-50 checkpoint, per stage (SPEC.md: +80 params).
+# Kernel sizes of ECA's official ResNet-50 checkpoint, per stage.
 ECA_RESNET50_KERNELS = {
     2: {"kernel_size": 3},
     3: {"kernel_size": 5},
@@ -153,13 +153,8 @@ def resnet(
     >>> model = resnet(50, "srm")
     >>> model = resnet(50, "se", reduction=8, stages=(3, 4, 5), include_top=False)
     """
-    if depth not in IMAGENET_DEPTHS:
-        raise ValueError(
-            f"`depth` must be one of {sorted(IMAGENET_DEPTHS)} for the ImageNet ResNet, got "
-            f"{depth!r}. For CIFAR-sized inputs (20, 32, 44, 56, 110, 164...) use cifar_resnet."
-        )
+    kind, blocks = imagenet_block_layout(depth)
     shape = check_head(include_top, num_classes, pooling, input_shape)
-    kind, blocks = IMAGENET_DEPTHS[depth]
     attend = AttentionPlacer(
         attention,
         position,
@@ -169,21 +164,40 @@ def resnet(
         stage_kwargs,
         attention_kwargs,
     )
-
     inputs = keras.Input(shape, name="image")
-    x = conv_bn(inputs, base_channels, 7, 2, "stem")
-    x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
-    for stage, count in zip(IMAGENET_STAGES, blocks, strict=True):
-        filters = base_channels * 2 ** (stage - 2)
-        for block in range(1, count + 1):
-            strides = 2 if block == 1 and stage > 2 else 1
-            prefix = f"stage{stage}_block{block}_"
-            x = _residual_block(
-                x, filters, strides, kind, "projection", prefix, stage, block, attend
-            )
+    x = _imagenet_stem(inputs, base_channels)
+    x = _stages(x, IMAGENET_STAGES, blocks, kind, "projection", base_channels, attend)
     outputs = classifier_head(x, include_top, num_classes, pooling, classifier_activation)
     return keras.Model(inputs, outputs, name=_model_name(name, attention, f"resnet{depth}"))
+
+
+def imagenet_block_layout(depth):
+    """Block type and blocks per stage of the ImageNet ResNet of `depth` (18 to 152)."""
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(
+            f"`depth` must be one of {sorted(IMAGENET_DEPTHS)} for the ImageNet ResNet, got "
+            f"{depth!r}. For CIFAR-sized inputs (20, 32, 44, 56, 110, 164...) use cifar_resnet."
+        )
+    return IMAGENET_DEPTHS[depth]
+
+
+def _imagenet_stem(inputs, channels):
+    """torchvision's stem: 7x7/2 conv-BN-ReLU, then a 3x3/2 max pool."""
+    x = conv_bn(inputs, channels, 7, 2, "stem")
+    x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+
+
+def _stages(x, stage_numbers, blocks, kind, shortcut, base_channels, attend):
+    """The residual stages: channels double and the first block strides 2 from stage two on."""
+    first = stage_numbers[0]
+    for stage, count in zip(stage_numbers, blocks, strict=True):
+        filters = base_channels * 2 ** (stage - first)
+        for block in range(1, count + 1):
+            strides = 2 if block == 1 and stage > first else 1
+            prefix = f"stage{stage}_block{block}_"
+            x = _residual_block(x, filters, strides, kind, shortcut, prefix, stage, block, attend)
+    return x
 
 
 def cifar_block_layout(depth, block=None):
@@ -272,31 +286,25 @@ def cifar_resnet(
     >>> model = cifar_resnet(56, "srm")
     """
     kind, blocks = cifar_block_layout(depth, block)
-    if shortcut is None:
-        shortcut = "zero_pad" if kind == "basic" else "projection"
-    if shortcut not in ("zero_pad", "projection"):
-        raise ValueError(f"`shortcut` must be 'zero_pad', 'projection' or None, got {shortcut!r}.")
+    shortcut = _cifar_shortcut(shortcut, kind)
     shape = check_head(include_top, num_classes, pooling, input_shape)
     attend = AttentionPlacer(
-        attention,
-        position,
-        RESNET_POSITIONS,
-        stages,
-        CIFAR_STAGES,
-        stage_kwargs,
-        attention_kwargs,
+        attention, position, RESNET_POSITIONS, stages, CIFAR_STAGES, stage_kwargs, attention_kwargs
     )
-
     inputs = keras.Input(shape, name="image")
     x = conv_bn(inputs, base_channels, 3, 1, "stem")
-    for stage, count in zip(CIFAR_STAGES, blocks, strict=True):
-        filters = base_channels * 2 ** (stage - 1)
-        for index in range(1, count + 1):
-            strides = 2 if index == 1 and stage > 1 else 1
-            prefix = f"stage{stage}_block{index}_"
-            x = _residual_block(x, filters, strides, kind, shortcut, prefix, stage, index, attend)
+    x = _stages(x, CIFAR_STAGES, blocks, kind, shortcut, base_channels, attend)
     outputs = classifier_head(x, include_top, num_classes, pooling, classifier_activation)
     return keras.Model(inputs, outputs, name=_model_name(name, attention, f"resnet{depth}"))
+
+
+def _cifar_shortcut(shortcut, kind):
+    """The shortcut where the shape changes: `None` picks the papers' choice for `kind`."""
+    if shortcut is None:
+        return "zero_pad" if kind == "basic" else "projection"
+    if shortcut not in ("zero_pad", "projection"):
+        raise ValueError(f"`shortcut` must be 'zero_pad', 'projection' or None, got {shortcut!r}.")
+    return shortcut
 
 
 def _named(builder, depth, attention, summary, **defaults):

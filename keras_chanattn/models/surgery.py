@@ -15,6 +15,8 @@ import re
 import keras
 import numpy as np
 
+from keras_chanattn._compat import keras_graph
+from keras_chanattn.models.keras_hub_blocks import keras_hub_kind, unroll_keras_hub_block
 from keras_chanattn.models.placement import (
     AttentionSite,
     apply_attention,
@@ -23,11 +25,6 @@ from keras_chanattn.models.placement import (
     make_attention,
     resolve_site_kwargs,
 )
-
-try:  # Keras 3 keeps the functional model class here; it has no public alias.
-    from keras.src.models.functional import Functional
-except ImportError:  # pragma: no cover
-    Functional = None
 
 _SUFFIXES = ("_add", "_out", "add", "out")
 
@@ -131,6 +128,24 @@ def add_attention(
     >>> base = keras.applications.ResNet50(weights=None)
     >>> model = add_attention(base, "srm", preserve_output=True)
     """
+    selector = _check_arguments(model, attention, select, site_kwargs)
+    plan, taken = _plan(model, selector)
+    rebuilder = _Rebuilder(plan, taken, attention, attention_kwargs, site_kwargs, preserve_output)
+    new_model = rebuilder.rebuild(model)
+    label = attention_label(attention)
+    return keras.Model(new_model.input, new_model.output, name=name or f"{model.name}_{label}")
+
+
+def find_residual_adds(model):
+    """The residual adds `add_attention` would use, as `AttentionSite`s (in graph order)."""
+    _check_functional(model)
+    found = []
+    _plan_model(model, {}, found)
+    return [entry["site"] for entry in found]
+
+
+def _check_arguments(model, attention, select, site_kwargs):
+    """Checks `add_attention`'s arguments; returns the site selector built from `select`."""
     if attention is None:
         raise ValueError("add_attention needs a block: a registered name such as 'se', or a layer.")
     check_attention(attention)
@@ -140,8 +155,12 @@ def add_attention(
             "`site_kwargs` must be a callable taking an AttentionSite and returning a dict; "
             "arguments for every block go in as keyword arguments."
         )
-    selector = _selector(select)
+    return _selector(select)
 
+
+def _plan(model, selector):
+    """Finds the residual adds; returns `(plan, taken)`: site info by operation id, and the
+    names of the sites `selector` keeps."""
     plan = {}  # id(original add layer or unrollable block) -> site info
     found = []
     _plan_model(model, plan, found)
@@ -166,37 +185,64 @@ def add_attention(
             f"The model already has layers named {clash}; add_attention names its blocks "
             "so. Has attention been added to it already?"
         )
+    return plan, taken
 
-    pairs = []  # (original, clone) for the weight copy
-    clone_of = {}  # id(clone) -> original
-    identity_cache = {}
 
-    def clone_function(layer):
+class _Rebuilder:
+    """Clones a model with `keras.models.clone_model`, inserting a block at the planned adds."""
+
+    def __init__(self, plan, taken, attention, attention_kwargs, site_kwargs, preserve_output):
+        self.plan = plan
+        self.taken = taken
+        self.attention = attention
+        self.attention_kwargs = attention_kwargs
+        self.site_kwargs = site_kwargs
+        self.preserve_output = preserve_output
+        self.pairs = []  # (original, clone) for the weight copy
+        self.clone_of = {}  # id(clone) -> original
+        self.identity_cache = {}
+
+    def rebuild(self, model):
+        """The new functional model, every existing layer carrying a copy of its weights."""
+        # New inputs named as the original input layers (clone_model would name them after
+        # the symbolic tensors).
+        input_tensors = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype, name=keras_graph.producer(t).name
+            ),
+            model.input,
+        )
+        new_model = keras.models.clone_model(
+            model,
+            input_tensors=input_tensors,
+            clone_function=self.clone,
+            call_function=self.call,
+            recursive=True,
+        )
+        for original, clone in self.pairs:
+            if isinstance(original, keras.Model):
+                continue  # nested models: their own layers are in `pairs`
+            weights = original.get_weights()
+            if weights:
+                clone.set_weights(weights)
+        return new_model
+
+    def clone(self, layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a stateless keras.ops operation
         clone = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, clone))
-        clone_of[id(clone)] = layer
+        self.pairs.append((layer, clone))
+        self.clone_of[id(clone)] = layer
         return clone
 
-    def call_function(layer, *args, **kwargs):
-        original = clone_of.get(id(layer), layer)
-        entry = plan.get(id(original))
-        if entry is None or entry["site"].name not in taken:
+    def call(self, layer, *args, **kwargs):
+        original = self.clone_of.get(id(layer), layer)
+        entry = self.plan.get(id(original))
+        if entry is None or entry["site"].name not in self.taken:
             return layer(*args, **kwargs)
 
         def attend(x, dtype):
-            site = entry["site"]
-            kwargs_ = resolve_site_kwargs(attention_kwargs, site_kwargs, site)
-            block = make_attention(attention, site, kwargs_, dtype=dtype)
-            hint = (
-                "Give it other arguments with site_kwargs (a callable taking the "
-                "AttentionSite), or leave this add out with `select`."
-            )
-            y = apply_attention(block, x, site, hint)
-            if preserve_output and not _starts_as_identity(attention, kwargs_, x, identity_cache):
-                y = IdentityBlend(name=f"{site.name}_blend", dtype=dtype)([x, y])
-            return y
+            return self.attend(entry["site"], x, dtype)
 
         index = entry["residual_index"]
         if entry["kind"] == "add" and isinstance(layer, keras.layers.Layer):
@@ -207,39 +253,22 @@ def add_attention(
             inputs = list(args)
             inputs[index] = attend(inputs[index], None)
             return layer(*inputs, **kwargs)
-        return _unroll_keras_hub_block(layer, args[0], entry["kind"], attend)
+        return unroll_keras_hub_block(layer, args[0], entry["kind"], attend)
 
-    # New inputs named as the original input layers (clone_model would name them after
-    # the symbolic tensors).
-    input_tensors = keras.tree.map_structure(
-        lambda t: keras.Input(
-            batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
-        ),
-        model.input,
-    )
-    new_model = keras.models.clone_model(
-        model,
-        input_tensors=input_tensors,
-        clone_function=clone_function,
-        call_function=call_function,
-        recursive=True,
-    )
-    for original, clone in pairs:
-        if isinstance(original, keras.Model):
-            continue  # nested models: their own layers are in `pairs`
-        weights = original.get_weights()
-        if weights:
-            clone.set_weights(weights)
-    label = attention_label(attention)
-    return keras.Model(new_model.input, new_model.output, name=name or f"{model.name}_{label}")
-
-
-def find_residual_adds(model):
-    """The residual adds `add_attention` would use, as `AttentionSite`s (in graph order)."""
-    _check_functional(model)
-    found = []
-    _plan_model(model, {}, found)
-    return [entry["site"] for entry in found]
+    def attend(self, site, x, dtype):
+        """The block (blended from the identity with `preserve_output`) applied to `x`."""
+        kwargs = resolve_site_kwargs(self.attention_kwargs, self.site_kwargs, site)
+        block = make_attention(self.attention, site, kwargs, dtype=dtype)
+        hint = (
+            "Give it other arguments with site_kwargs (a callable taking the "
+            "AttentionSite), or leave this add out with `select`."
+        )
+        y = apply_attention(block, x, site, hint)
+        if self.preserve_output and not _starts_as_identity(
+            self.attention, kwargs, x, self.identity_cache
+        ):
+            y = IdentityBlend(name=f"{site.name}_blend", dtype=dtype)([x, y])
+        return y
 
 
 def _check_functional(model):
@@ -251,7 +280,7 @@ def _check_functional(model):
             "residual Add to put a block before. If it wraps a functional backbone, call "
             "add_attention on the backbone and stack the result again."
         )
-    if Functional is None or not isinstance(model, Functional):
+    if not keras_graph.is_functional(model):
         raise ValueError(
             f"{model.name!r} ({type(model).__name__}) is a subclassed model: its graph is "
             "Python code that add_attention cannot rewrite. Put the block in its call(), "
@@ -295,16 +324,10 @@ def _attention_name(anchor, used):
 def _node_levels(model):
     """Longest path (in operations) from the inputs to each node of `model`'s graph."""
     levels = {}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            parents = [levels.get(id(p), 0) for p in node.parent_nodes]
-            levels[id(node)] = 1 + max(parents) if parents else 0
+    for node in keras_graph.graph_nodes(model):
+        parents = [levels.get(id(p), 0) for p in node.parent_nodes]
+        levels[id(node)] = 1 + max(parents) if parents else 0
     return levels
-
-
-def _producer(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
 
 
 def _is_add(operation):
@@ -317,29 +340,28 @@ def _is_add(operation):
 def _plan_model(model, plan, found, used=None):
     used = set() if used is None else used
     levels = _node_levels(model)
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            operation = node.operation
-            if isinstance(operation, keras.Model):
-                if id(operation) not in plan:
-                    _plan_model(operation, plan, found, used)
-                continue
-            kind = _keras_hub_kind(operation)
-            if kind is not None:
-                channels = int(node.outputs[0].shape[-1])
-                _record(plan, found, used, operation, kind, None, channels)
-                continue
-            if not _is_add(operation):
-                continue
-            inputs = node.input_tensors
-            if len(inputs) != 2 or len(inputs[0].shape) != 4:
-                continue
-            if tuple(inputs[0].shape) != tuple(inputs[1].shape):
-                continue
-            a, b = (levels.get(id(_producer(t)), 0) for t in inputs)
-            if a == b:
-                continue
-            _record(plan, found, used, operation, "add", int(a < b), int(inputs[0].shape[-1]))
+    for node in keras_graph.graph_nodes(model):
+        operation = node.operation
+        if isinstance(operation, keras.Model):
+            if id(operation) not in plan:
+                _plan_model(operation, plan, found, used)
+            continue
+        kind = keras_hub_kind(operation)
+        if kind is not None:
+            channels = int(node.outputs[0].shape[-1])
+            _record(plan, found, used, operation, kind, None, channels)
+            continue
+        if not _is_add(operation):
+            continue
+        inputs = node.input_tensors
+        if len(inputs) != 2 or len(inputs[0].shape) != 4:
+            continue
+        if tuple(inputs[0].shape) != tuple(inputs[1].shape):
+            continue
+        a, b = (levels.get(id(keras_graph.producer_node(t)), 0) for t in inputs)
+        if a == b:
+            continue
+        _record(plan, found, used, operation, "add", int(a < b), int(inputs[0].shape[-1]))
 
 
 def _record(plan, found, used, operation, kind, residual_index, channels):
@@ -377,51 +399,3 @@ def _starts_as_identity(attention, kwargs, x, cache):
         out = keras.ops.convert_to_numpy(twin(probe, training=False))
         cache[key] = bool(np.array_equal(out, probe))
     return cache[key]
-
-
-# keras-hub's MobileNetBackbone adds the residual inside its block layers (`x = inputs + x`
-# in `call`), so the graph has no Add to find. These blocks are unrolled: their sub-layers
-# are called in the new graph, the block goes before the add, and the add becomes a layer.
-def _keras_hub_kind(operation):
-    cls = type(operation)
-    if not cls.__module__.startswith("keras_hub."):
-        return None
-    if cls.__name__ == "InvertedResidualBlock":
-        if operation.stride == 1 and operation.infilters == operation.filters:
-            return "keras_hub_inverted_residual"
-    if cls.__name__ == "DepthwiseConvBlock" and operation.residual:
-        return "keras_hub_depthwise"
-    return None
-
-
-def _unroll_keras_hub_block(block, inputs, kind, attend):
-    """Calls a keras-hub MobileNet block's sub-layers with `attend` before its add."""
-    try:
-        if kind == "keras_hub_inverted_residual":
-            steps = [
-                block.conv1,
-                block.batch_normalization1,
-                block.activation1,
-                block.pad,
-                block.conv2,
-                block.batch_normalization2,
-                block.activation2,
-            ]
-            if block.squeeze_excite:
-                steps.append(block.squeeze_excite)
-            steps += [block.conv3, block.batch_normalization3]
-        else:
-            steps = [block.pad, block.conv1, block.batch_normalization1, block.activation1]
-            if block.squeeze_excite_ratio:
-                steps.append(block.se_layer)
-            steps += [block.conv2, block.batch_normalization2]
-    except AttributeError as error:
-        raise ValueError(
-            f"This version of keras-hub's {type(block).__name__} is not one add_attention "
-            f"knows how to unroll ({error}); keras-hub 0.32 is supported."
-        ) from error
-    x = inputs
-    for step in steps:
-        x = step(x)
-    x = attend(x, block.dtype_policy)
-    return keras.layers.Add(name=f"{block.name}_add", dtype=block.dtype_policy)([inputs, x])
