@@ -1,5 +1,9 @@
-"""Attention models: ResNet and MobileNetV2 builders with any block at any position,
-`add_attention` for existing Keras models, and the parameter / FLOPs table."""
+"""Attention models: builders, named presets, `add_attention` for existing Keras models.
+
+ResNet (ImageNet and CIFAR) and MobileNetV2 builders take any registered block at any
+position; `presets` is the one table of named models that the pipeline, bench and parameter
+table (`params`) build from; `add_attention` rewrites an existing functional model.
+"""
 
 from keras_chanattn.models.mobilenet_v2 import (
     eca_mobilenet_v2,

@@ -13,7 +13,7 @@ from keras_chanattn.models.placement import (
     resolve_site_kwargs,
 )
 
-# PyTorch's BatchNorm numerics (SPEC.md): the reference implementations the papers used.
+# PyTorch's BatchNorm numerics (docs/blocks.md): the reference implementations the papers used.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

@@ -7,7 +7,8 @@ original model is left untouched and shares nothing with the new one.
 A residual `Add` is an `Add` of two 4-D tensors of the same shape whose inputs lie at
 different depths of the graph: the deeper one is the residual branch, the other the
 shortcut (identity, projection or pooled). The block goes on the residual branch just
-before the add: the "standard" position of the SE paper.
+before the add: the "standard" position of the SE paper. keras-hub blocks that add their
+residual inside the layer are unrolled (`keras_hub_blocks`).
 """
 
 import re
