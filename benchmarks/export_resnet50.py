@@ -1,72 +1,16 @@
-"""Benchmark (issue 6's performance goals): ResNet-50 in full int8 on LiteRT + XNNPACK, per block.
+"""Benchmark: ResNet-50 in full int8 on LiteRT + XNNPACK, plain, a floor gate and each block.
 
-Builds ResNet-50 (torchvision's v1.5, 1000-class logits) at batch 1 three ways and exports
-each to full int8 TFLite (int8 input and output) through `keras_chanattn.export`:
+Exports every model (`plain`; `floor`, the parameter-free gate `x * sigmoid(GAP(x))`; one per
+block, and `srm_scaled`) to full int8 TFLite, times them in one interleaved run
+(`keras_chanattn.bench`) and prints per model the latency, its ratios to the floor and to
+the plain network, the XNNPACK partitions and the top-1 agreement of the int8 model with the
+float one, then the performance goals, met or not. `--fine-tune-epochs` (with `--weights` or
+`--pretrain-epochs`) fine-tunes on the embedded digits first; `--save-models` and
+`--models-from` keep the models and time them again. Figures: docs/benchmarks.md. Not a
+test (a full run takes tens of minutes); from the repository root:
 
-- `plain`: no attention;
-- `floor`: the parameter-free gate `x * sigmoid(GAP(x))` in the same places as the blocks
-  (end of every bottleneck's residual branch). It is the registry's `ge` (Gather-Excite)
-  with its defaults, global extent, no parameters, no MLP, sigmoid gate, built here with
-  those arguments spelled out; it is the least any channel gate pays: one pooling pass and
-  one scaling pass;
-- one model per registered block (or `--blocks`), with the papers' settings where the
-  package knows them (ECA's kernel sizes 3, 5, 5, 7 per stage);
-- `srm_scaled` beside `srm`: SRM exported with its channel scaling
-  (`scale_statistics=True`), one more int8 pass per block, kept faithful where channels'
-  spreads differ widely.
-
-All models are timed in ONE interleaved run (`keras_chanattn.bench`: every round invokes
-each model once in a shuffled order, `--threads` threads, XNNPACK), so that the ratios to
-the floor and to the plain network are comparable. Per model it prints: latency median and
-p90, the ratios, the XNNPACK partitions, the ops left outside XNNPACK, the float ops kept
-in the int8 graph, the .tflite size, and the top-1 agreement of the int8 model with the
-float Keras model on held-out images, with the out-of-distribution probes' figures beside
-it; then the issue's goals, met or not, and the export verification's failed checks (the
-benchmark records them instead of stopping).
-
-Data: int8 is calibrated on `--calibration` real images and verified on `--held-out` other
-ones: scikit-learn's embedded handwritten digits (8x8 grey scans upsampled bilinearly to the
-input size, grey repeated to RGB), or smooth synthetic images with `--synthetic`.
-
-What the agreement measures: the int8 .tflite against the float Keras model with the SAME
-weights, on the same held-out images. Without `--fine-tune-epochs` those weights are the
-builders' random initialisation (BatchNorm at its identity statistics), so the figure shows
-the quantisation's fidelity on an untrained network, whose logits vary little from image
-to image; the "classes" column (how many distinct top-1 classes the float model predicts
-on the held-out images) says how much room for disagreement there was. The issue's >= 99%
-is meant after a short fine-tune: `--fine-tune-epochs N` fine-tunes every model (10-class
-head) on the digits' training split first, then re-estimates every BatchNorm's moving
-statistics on the unaugmented training images (`--no-recalibrate-bn` skips that): one
-epoch leaves them lagging the weights, and the report gives the validation accuracy before
-and after. On this project's 2-core CPU one epoch at 112x112 takes 4-6 minutes per model,
-Triplet 12, and at 224x224 about 16 (the run's own log prints it). Plain and floor come
-with every run for the ratios; `--untuned-baselines` fine-tunes only the blocks' models,
-leaving those two as latency baselines, when a run measures blocks in batches.
-From random weights a short fine-tune leaves the networks unsettled (even the plain one
-then misses 99%); `--weights PATH` starts every model from keras.applications.ResNet50's
-ImageNet weights on disk (Keras' v1 ResNet-50, the blocks inserted by `add_attention`
-before every residual add), the setting the figure is meant for (a GPU's work).
-Where those weights cannot be had, `--pretrain-epochs N` stands in for them: it first
-trains that plain ResNet-50 from scratch on the digits' training split, saves its weights
-(no top) as `resnet50_digits_notop.weights.h5` in the output folder, and then goes on as
-`--weights` would with that file (the blocks inserted into a trained network, then each
-model fine-tuned). On this project's 2-core CPU that is practical at `--image-size 112`.
-
-`--save-models` keeps every model (after its fine-tune) as `<label>.keras` in the output
-folder's `models/`, with the run's settings and accuracies in `run.json`; `--models-from
-OUT/models` then exports, verifies and times those same models again without fine-tuning
-them (a failed verification can be looked into after the run; at 224x224 the fine-tunes
-are most of a run's time).
-
-Not a test: the full run takes tens of minutes. From the repository root:
-
-    python benchmarks/export_resnet50.py                      # 224x224, every block
     python benchmarks/export_resnet50.py --image-size 64 --blocks se,srm --runs 5   # quick
-    python benchmarks/export_resnet50.py --fine-tune-epochs 2 \
-        --weights resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5   # after fine-tuning
-    python benchmarks/export_resnet50.py --image-size 112 --pretrain-epochs 8 \
-        --fine-tune-epochs 1 --held-out 450 --runs 20     # no weights file: pretrain first
-    python benchmarks/export_resnet50.py --models-from export/runs/NAME/models --blocks ge
+    python benchmarks/export_resnet50.py                      # 224x224, every block
 """
 
 import argparse
@@ -79,16 +23,18 @@ import time
 
 import numpy as np
 
+from keras_chanattn.models.presets import PLAIN
+
 FLOOR = "floor"
-PLAIN = "plain"
 # The floor gate: Gather-Excite's parameter-free global variant.
 FLOOR_GATE = {"extent": None, "parametric": False, "use_mlp": False, "gate_activation": "sigmoid"}
 # SRM's inference form with its channel scaling (`scale_statistics=True`): one more int8
 # pass over each map (see FoldedStyleRecalibration).
 SRM_SCALED = "srm_scaled"
-# Issue 6: the largest latency ratio to the floor allowed per block (others: reported).
+# The performance goals: the largest latency ratio to the floor allowed per block (others:
+# reported).
 GOALS = {"se": 1.03, "eca": 1.03, "ge": 1.03, "srm": 1.10}
-# Top-1 agreement of the int8 model with the float one, after a fine-tune (issue 6).
+# Top-1 agreement of the int8 model with the float one, after a fine-tune.
 AGREEMENT_GOAL = 0.99
 
 
@@ -116,6 +62,10 @@ RUN_SETTINGS = (
     "block_init",
     "seed",
 )
+# The recipe of the pretraining and the fine-tunes (`keras_chanattn.train.TrainConfig` fields
+# besides epochs, learning rate and seed): AdamW, batch 32, TrainConfig's one-epoch warm-up
+# and cosine decay.
+TRAIN_RECIPE = {"batch_size": 32, "optimizer": "adamw", "weight_decay": 0.05}
 # keras.applications.resnet50.preprocess_input's per-channel means (BGR, on 0-255 pixels);
 # the digits are grey, so the channel order does not matter.
 CAFFE_MEANS = (103.939, 116.779, 123.68)
@@ -147,14 +97,14 @@ def parse_args(argv=None):
         action="store_true",
         help="fine-tune the blocks' models only: plain and floor keep their starting weights "
         "and serve as latency baselines (the ratios need their times, not their accuracy); "
-        "saves two fine-tunes per run (at 224x224 on this project's 2-core CPU, 15-20 min each)",
+        "saves two fine-tunes per run",
     )
     parser.add_argument(
         "--fine-tune-lr",
         type=float,
         default=1e-4,
-        help="peak AdamW learning rate of the fine-tune (1e-3 measured too high: a "
-        "pretrained ResNet-50's validation accuracy fell from 0.98 to 0.13 in one epoch)",
+        help="peak AdamW learning rate of the fine-tune (at 1e-3 a pretrained ResNet-50 "
+        "forgets its pretraining within an epoch)",
     )
     parser.add_argument(
         "--recalibrate-bn",
@@ -344,8 +294,6 @@ def randomize_blocks(models, seed):
     gate is a constant: zero-initialised gates are what an untrained network has, not a
     trained one, and they make int8 graphs XNNPACK cannot take."""
     from keras_chanattn.layers import AttentionLayer
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from keras_chanattn.testing import randomize_weights
 
     rng = np.random.default_rng(seed)
@@ -369,17 +317,10 @@ def _extra_epochs(parser, values, fine_tune_epochs):
 
 
 def train_config(epochs, learning_rate, seed):
-    """The recipe of both trainings here: AdamW, batch 32, a one-epoch warm-up, cosine."""
+    """`TRAIN_RECIPE` for `epochs` at peak `learning_rate`: both trainings here."""
     from keras_chanattn.train import TrainConfig
 
-    return TrainConfig(
-        epochs=epochs,
-        batch_size=32,
-        optimizer="adamw",
-        learning_rate=learning_rate,
-        weight_decay=0.05,
-        seed=seed,
-    )
+    return TrainConfig(**TRAIN_RECIPE, epochs=epochs, learning_rate=learning_rate, seed=seed)
 
 
 def pretrain(args, out, data=None):
@@ -550,7 +491,7 @@ def op_summary(entries):
 
 
 def goal(label, row, floor_ratio, fine_tuned=False):
-    """The issue's goals for one block's row: one partition, its latency limit, and (after
+    """The performance goals for one block's row: one partition, its latency limit, and (after
     a fine-tune, where the figure means something) top-1 agreement >= 99%."""
     if label in (PLAIN, FLOOR):
         return ""
@@ -585,7 +526,8 @@ def row_notes(label, row):
     return notes
 
 
-def report(result, classes, accuracy, args, how, elapsed):
+def _report_header(args, how):
+    """The report's opening lines: the setting, the data, the backbone, the columns."""
     header = (
         f"{'model':<18}{'median ms':>10}{'p90 ms':>9}{'/floor':>8}{'/plain':>8}{'parts':>6}"
         f"{'MiB':>7}{'top-1 agr':>10}{'classes':>8}{'probe agr':>10}{'probe err':>10}  goal"
@@ -633,6 +575,46 @@ def report(result, classes, accuracy, args, how, elapsed):
         header,
         "-" * len(header),
     ]
+    return lines
+
+
+def _report_notes(result, accuracy, args):
+    """The lines below the table: the floor's ratio, the goals, the legend, accuracy."""
+    floor_row = result.row(FLOOR, "int8")
+    lines = [
+        "",
+        f"floor / plain = {floor_row[f'ratio_vs_{PLAIN}']:.3f}.",
+        "Goals: every block in 1 XNNPACK partition; SE, ECA, GE within 3% of the "
+        "floor, SRM within 10%; the other blocks: the figure; after a fine-tune, top-1 "
+        f"agreement >= {AGREEMENT_GOAL:.2f} for every block.",
+        "parts: XNNPACK partitions. top-1 agr: int8 .tflite vs the float Keras model (same "
+        f"weights) on {result.config['held_out_samples'][PLAIN]} held-out images; classes: "
+        "distinct top-1 classes of the float model there (1 = agreement is trivial); probe "
+        "agr / err: top-1 agreement and relative error on the out-of-distribution probes.",
+    ]
+    if accuracy:
+        lines.append(
+            "Validation accuracy of the float models (digits validation split) after the "
+            "fine-tune" + (" -> after recalibrating BatchNorm:" if args.recalibrate_bn else ":")
+        )
+        lines += [
+            f"  {label:<18}{tuned:.3f}" + ("" if after is None else f" -> {after:.3f}")
+            for label, (tuned, after) in accuracy.items()
+        ]
+    if not args.fine_tune_epochs:
+        lines.append(
+            "The weights are untrained (random initialisation): the agreement measures the "
+            "quantisation's fidelity on untrained networks, not the goal's after-fine-tune "
+            "figure (use --fine-tune-epochs)."
+        )
+    if any(r["model"] == "ge" for r in result.rows):
+        lines.append("ge is the floor's architecture (other weights): its ratio shows the noise.")
+    return lines
+
+
+def report(result, classes, accuracy, args, how, elapsed):
+    """The benchmark's text report: setting, one line per model, notes, failures."""
+    lines = _report_header(args, how)
     details = []
     for row in result.rows:
         label = row["model"]
@@ -653,36 +635,7 @@ def report(result, classes, accuracy, args, how, elapsed):
             f"{goal(label, row, floor_ratio, bool(args.fine_tune_epochs))}"
         )
         details += row_notes(label, row)
-    floor_row = result.row(FLOOR, "int8")
-    lines += [
-        "",
-        f"floor / plain = {floor_row[f'ratio_vs_{PLAIN}']:.3f} (issue 6 measured about "
-        "1.17-1.19 on its machine).",
-        "Goals (issue 6): every block in 1 XNNPACK partition; SE, ECA, GE within 3% of the "
-        "floor, SRM within 10%; the other blocks: the figure; after a fine-tune, top-1 "
-        f"agreement >= {AGREEMENT_GOAL:.2f} for every block.",
-        "parts: XNNPACK partitions. top-1 agr: int8 .tflite vs the float Keras model (same "
-        f"weights) on {result.config['held_out_samples'][PLAIN]} held-out images; classes: "
-        "distinct top-1 classes of the float model there (1 = agreement is trivial); probe "
-        "agr / err: top-1 agreement and relative error on the out-of-distribution probes.",
-    ]
-    if accuracy:
-        lines.append(
-            "Validation accuracy of the float models (digits validation split) after the "
-            "fine-tune" + (" -> after recalibrating BatchNorm:" if args.recalibrate_bn else ":")
-        )
-        lines += [
-            f"  {label:<18}{tuned:.3f}" + ("" if after is None else f" -> {after:.3f}")
-            for label, (tuned, after) in accuracy.items()
-        ]
-    if not args.fine_tune_epochs:
-        lines.append(
-            "The weights are untrained (random initialisation): the agreement measures the "
-            "quantisation's fidelity on untrained networks, not the issue's after-fine-tune "
-            "figure (use --fine-tune-epochs)."
-        )
-    if any(r["model"] == "ge" for r in result.rows):
-        lines.append("ge is the floor's architecture (other weights): its ratio shows the noise.")
+    lines += _report_notes(result, accuracy, args)
     folder = os.path.dirname(result.files["csv"])
     lines += ["", *details, "", f"Wall time {elapsed:.0f} s. Reports and .tflite files: {folder}"]
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def main(argv=None):
     import keras
 
     from keras_chanattn.data import load_digits_images
-    from keras_chanattn.export import convert_tflite, image_input_spec, verify_tflite
+    from keras_chanattn.export import convert_tflite, verify_tflite
+    from keras_chanattn.images import image_input_spec
     from keras_chanattn.layers import StyleRecalibration
 
     model = keras.saving.load_model(args.model)

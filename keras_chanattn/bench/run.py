@@ -92,10 +92,8 @@ def bench(
 ):
     """Exports, verifies and times several Keras models side by side; writes the reports.
 
-    See the package docstring for what is measured and written. Verification failures do
-    not stop the run: they are in the `verified` and `failures` columns (and the `.tflite`
-    is written, so that it can be timed). A format a model cannot be converted to gets a row
-    with `error` set and no timings.
+    Failed verification checks and conversions do not stop the run: they are recorded in
+    the rows (`verified`, `failures`, `error`); what is measured is in the package docstring.
 
     Args:
         models: a list of Keras models (labelled by their names) or a dict `{label: model}`;
@@ -107,9 +105,8 @@ def bench(
         validation_data: held-out images for the verification and, with labels (an
             `(images, labels)` tuple or a dataset of `(image, label)` pairs), for accuracy.
             Defaults to `None`: synthetic images, no accuracy.
-        exported: `.tflite` files made earlier, `{label: {format: VerificationReport}}` (as
-            `export_tflite` returns, `path` set); those are timed as they are instead of
-            being exported again. Defaults to `None`.
+        exported: `.tflite` files made earlier, `{label: {format: VerificationReport}}`
+            (`path` set), timed as they are instead of exported again. Defaults to `None`.
         skipped: models left out before the run, `{label: reason}` (as `backbone_models`
             returns), recorded in the reports. Defaults to `None`.
         log: where the table goes. Defaults to `print`.
@@ -129,7 +126,6 @@ def bench(
     >>> models, _ = backbone_models("resnet20", ["se", "srm"], input_shape=(32, 32, 3))
     >>> result = bench(models, "bench_out", formats=["float32", "int8"],
     ...                representative_data=x_train[:200], validation_data=(x_test, y_test))
-    >>> print(result.table())
     """
     config = dataclasses.replace(config or BenchConfig(), **settings)
     models = label_models(models)
@@ -151,21 +147,27 @@ def bench(
     measured.latency = phases.latency_phase(measured.reports, held_out, specs, config, stream)
     measured.counts = phases.cost_phase(models, config.flops)
 
-    rows, columns = make_rows(list(models), config.formats, baselines, measured, config.num_threads)
-    result = BenchResult(
-        rows=rows,
-        columns=columns,
-        baselines=baselines,
-        formats=list(config.formats),
-        config=_run_config(config, held_out, bool(labels)),
-        skipped=dict(skipped or {}),
-        reports=measured.reports,
-    )
+    run = _run_config(config, held_out, bool(labels))
+    result = _results(list(models), baselines, measured, config, run, skipped)
     write_reports(result, files, config.overwrite)
     if config.verbose:
         log(result.table())
         log(f"Reports: {', '.join(result.files.values())}")
     return result
+
+
+def _results(labels, baselines, measured, config, run, skipped):
+    """The `BenchResult` of the models `labels`: rows from `measured`, `run` its config."""
+    rows, columns = make_rows(labels, config.formats, baselines, measured, config.num_threads)
+    return BenchResult(
+        rows=rows,
+        columns=columns,
+        baselines=baselines,
+        formats=list(config.formats),
+        config=run,
+        skipped=dict(skipped or {}),
+        reports=measured.reports,
+    )
 
 
 def _checked_outputs(out_dir, models, exported, representative_data, config):
