@@ -5,6 +5,7 @@ taking the parsed `argparse.Namespace` and returning an exit code.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,9 +56,19 @@ def _csv(text):
                 "the same as export/pipeline.json)",
             },
         ),  # fmt: skip
-        (("--blocks",), {"type": _csv, "default": None, "help": "comma-separated block names"}),
+        (
+            ("--blocks",),
+            {
+                "type": _csv,
+                "default": None,
+                "help": "comma-separated block names, or 'all' (default: se,srm,sa)",
+            },
+        ),  # fmt: skip
         (("--no-plain",), {"action": "store_true", "help": "skip the plain backbone"}),
-        (("--backbone",), {"default": None, "help": "cifar_resnet, mobilenet_v2 or resnet"}),
+        (
+            ("--backbone",),
+            {"default": None, "help": "a preset (resnet20, mobilenet_v2, ...; see `params`)"},
+        ),  # fmt: skip
         (("--data",), {"default": None, "help": "digits, tfds:<name> or an image folder"}),
         (("--image-size",), {"type": int, "default": None}),
         (("--epochs",), {"type": int, "default": None}),
@@ -76,14 +87,13 @@ def _csv(text):
     ],
 )
 def _run(args):
-    from keras_chanattn.pipeline import PipelineConfig, run_pipeline
+    from keras_chanattn.pipeline import ALL_BLOCKS, PipelineConfig, run_pipeline
 
     overrides = {
-        "blocks": args.blocks,
+        "blocks": ALL_BLOCKS if args.blocks == [ALL_BLOCKS] else args.blocks,
         "backbone": args.backbone,
         "data": args.data,
         "image_size": args.image_size,
-        "epochs": args.epochs,
         "formats": [] if args.formats == ["none"] else args.formats,
         "out_dir": args.out_dir,
         "run_name": args.run_name,
@@ -94,6 +104,8 @@ def _run(args):
         config = PipelineConfig.from_file(args.config, **overrides)
     else:
         config = PipelineConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if args.epochs is not None:
+        config.train = dataclasses.replace(config.train, epochs=args.epochs)
     rows, _ = run_pipeline(config, verbose=0 if args.quiet else 1)
     # The job's purpose is the comparison: a block failing verification is a finding,
     # listed in the report and above; --strict turns it into a failed exit status.
@@ -106,14 +118,15 @@ def _run(args):
     [
         (
             ("--backbone",),
-            {"default": "cifar_resnet", "help": "cifar_resnet, mobilenet_v2 or resnet"},
+            {"default": "resnet20", "help": "a preset (resnet20, mobilenet_v2, ...; see `params`)"},
         ),  # fmt: skip
         (
             ("--backbone-args",),
             {
                 "type": json.loads,
                 "default": None,
-                "help": "builder arguments as JSON, e.g. '{\"depth\": 56}'",
+                "help": "builder arguments as JSON, merged over the preset's, "
+                'e.g. \'{"shortcut": "projection"}\'',
             },
         ),  # fmt: skip
         (("--attention",), {"default": None, "help": "block name; omit for the plain network"}),
@@ -161,7 +174,8 @@ def _train(args):
     import tensorflow as tf
 
     from keras_chanattn.data import load_data
-    from keras_chanattn.pipeline import PLAIN, PipelineConfig, build_model
+    from keras_chanattn.models.presets import PLAIN, build_model
+    from keras_chanattn.pipeline import PipelineConfig
     from keras_chanattn.train import TrainConfig, fit_classifier
 
     data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
@@ -171,25 +185,24 @@ def _train(args):
         strategy = tf.distribute.MirroredStrategy()
     elif args.distribute == "multi-worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        mixed_precision=args.mixed_precision,
-        sync_batch_norm=args.sync_batch_norm,
-        flip=args.data != "digits",
-        seed=args.seed,
-        deterministic=args.deterministic,
+        flip=args.data != "digits", **{k: v for k, v in vars(args).items() if k in fields}
     )
-    spec = PipelineConfig(backbone=args.backbone, image_size=args.image_size)
-    if args.backbone_args is not None or args.backbone != spec.backbone:
-        spec.backbone_kwargs = args.backbone_args or {}
     variant = args.attention or PLAIN
+    defaults = PipelineConfig()  # the main job's backbone arguments for its backbone
+    backbone_kwargs = dict(defaults.backbone_kwargs if args.backbone == defaults.backbone else {})
+    backbone_kwargs.update(args.backbone_args or {})
     model, summary = fit_classifier(
-        lambda: build_model(spec, variant, data.num_classes, data.image_shape[-1]),
+        lambda: build_model(
+            args.backbone,
+            variant,
+            input_shape=(args.image_size, args.image_size, data.image_shape[-1]),
+            num_classes=data.num_classes,
+            classifier_activation=None,
+            name=f"{variant}_{args.backbone}",
+            **backbone_kwargs,
+        ),
         data,
         config,
         out_dir=args.out_dir,

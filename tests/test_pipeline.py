@@ -7,8 +7,9 @@ import pathlib
 
 import pytest
 
+import keras_chanattn
 from keras_chanattn.cli import main
-from keras_chanattn.pipeline import PipelineConfig, run_pipeline
+from keras_chanattn.pipeline import PipelineConfig, default_train_config, run_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,15 +22,30 @@ def test_shipped_config_file_is_the_default():
 def test_config_errors():
     with pytest.raises(ValueError, match="Unknown blocks"):
         PipelineConfig(blocks=["nope"])
-    with pytest.raises(ValueError, match="backbone"):
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg'.*resnet20"):
         PipelineConfig(backbone="vgg")
+    with pytest.raises(ValueError, match="Nothing to run"):
+        PipelineConfig(blocks=[], include_plain=False)
+    with pytest.raises(ValueError, match="Unknown training keys \\['epoch'\\]"):
+        PipelineConfig(train={"epoch": 3})
+
+
+def test_config_holds_a_train_config_and_reads_all_blocks(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"blocks": "all", "train": {"epochs": 2, "optimizer": "sgd"}}))
+    config = PipelineConfig.from_file(path, include_plain=False)
+    assert config.train.epochs == 2 and config.train.optimizer == "sgd"
+    assert config.train.deterministic is False  # a train dict is a whole TrainConfig
+    assert config.variants() == keras_chanattn.list_attention()
+    assert PipelineConfig().variants() == ["plain", "se", "srm", "sa"]
+    assert PipelineConfig().train == default_train_config()
 
 
 @pytest.mark.slow
 def test_main_job_end_to_end_reduced(tmp_path):
     config = PipelineConfig(
         blocks=["se"],
-        epochs=1,
+        train=dataclasses.replace(default_train_config(), epochs=1),
         image_size=16,
         formats=["float32", "int8"],
         out_dir=str(tmp_path),
