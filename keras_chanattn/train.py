@@ -156,7 +156,7 @@ def compile_classifier(model, config, steps_per_epoch):
 def op_determinism(enabled=True):
     """Runs the `with` body with TensorFlow's op determinism on when `enabled`, and puts
     the previous setting back afterwards (the public API can only switch it on)."""
-    from tensorflow.python.framework import config as tf_config
+    from keras_chanattn._compat import tensorflow as tf_config
 
     switch = enabled and not tf_config.is_op_determinism_enabled()
     if switch:

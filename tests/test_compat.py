@@ -170,3 +170,26 @@ def test_tf_converter_calibrate_only_and_mlir_quantize():
     assert "DEQUANTIZE" in ops and "SQRT" in ops, (
         f"mlir_quantize(denylisted_nodes=...) no longer keeps the named op in float: {ops}"
     )
+
+
+# --- keras_chanattn/_compat/tensorflow.py: TensorFlow's op-determinism switch ---
+
+
+def test_tensorflow_op_determinism_switch():
+    from tensorflow.python.framework import config as tf_config
+
+    for name in ("is_op_determinism_enabled", "enable_op_determinism", "disable_op_determinism"):
+        if not hasattr(tf_config, name):
+            pytest.fail(
+                f"tensorflow.python.framework.config has no {name}, which "
+                "keras_chanattn/_compat/tensorflow.py calls: adapt it to this release."
+            )
+    from keras_chanattn._compat import tensorflow as adapter
+
+    assert not adapter.is_op_determinism_enabled()
+    adapter.enable_op_determinism()
+    try:
+        assert adapter.is_op_determinism_enabled()
+    finally:
+        adapter.disable_op_determinism()
+    assert not adapter.is_op_determinism_enabled()

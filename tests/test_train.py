@@ -9,9 +9,9 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from tensorflow.python.framework import config as tf_config
 
 import keras_chanattn
+from keras_chanattn._compat import tensorflow as tf_config
 from keras_chanattn.data import digits_data
 from keras_chanattn.train import (
     TrainConfig,
