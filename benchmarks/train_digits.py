@@ -8,9 +8,10 @@ minutes. Run from the repository root:
 """
 
 import argparse
+import dataclasses
 import time
 
-from keras_chanattn.pipeline import PipelineConfig, run_pipeline
+from keras_chanattn.pipeline import PipelineConfig, default_train_config, run_pipeline
 
 
 def main():
@@ -23,8 +24,8 @@ def main():
     )
     args = parser.parse_args()
     config = PipelineConfig(
-        blocks=args.blocks.split(",") if args.blocks else None,
-        epochs=args.epochs,
+        blocks=args.blocks.split(",") if args.blocks else "all",
+        train=dataclasses.replace(default_train_config(), epochs=args.epochs),
         formats=[],
         out_dir=args.out,
         run_name=f"train-digits-{time.strftime('%Y%m%d-%H%M%S')}",
