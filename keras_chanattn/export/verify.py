@@ -78,9 +78,6 @@ __all__ = [
     "verify_tflite",
 ]
 
-# bench.py still imports the old private name; removed once it uses make_interpreter.
-_interpreter = make_interpreter
-
 
 def held_out_images(images, spec, data_range, seed):
     """`(images, source)`: the held-out `images`, or smooth random ones in `data_range`
