@@ -49,8 +49,8 @@ class PipelineConfig:
             Defaults to `["se", "srm", "sa"]`.
         include_plain: also run the backbone without attention. Defaults to `True`.
         attention_kwargs: per-block constructor arguments, `{name: {arg: value}}`.
-            Defaults to `{"sa": {"groups": 8}, "sge": {"groups": 8}}`: a CIFAR ResNet's
-            first stage has 16 channels, fewer than the papers' 64 groups.
+            Defaults to what each block declares for a small network of 16 channels (a CIFAR
+            ResNet's first stage; e.g. 8 groups for SA and SGE, not the papers' 64).
         data: `"digits"`, `"tfds:<name>"` or an image folder. Defaults to `"digits"`.
         data_kwargs: arguments of the data source (e.g. `{"data_dir": ...}`). Defaults to `{}`.
         image_size: input height and width. Defaults to `32`.
@@ -72,9 +72,7 @@ class PipelineConfig:
     backbone_kwargs: dict = dataclasses.field(default_factory=lambda: {"shortcut": "projection"})
     blocks: list | str = dataclasses.field(default_factory=lambda: list(DEFAULT_BLOCKS))
     include_plain: bool = True
-    attention_kwargs: dict = dataclasses.field(
-        default_factory=lambda: {"sa": {"groups": 8}, "sge": {"groups": 8}}
-    )
+    attention_kwargs: dict = dataclasses.field(default_factory=lambda: small_network_kwargs(16))
     data: str = "digits"
     data_kwargs: dict = dataclasses.field(default_factory=dict)
     image_size: int = 32
@@ -121,6 +119,14 @@ class PipelineConfig:
         """The model variants of the run: `"plain"` first, then the blocks."""
         blocks = list_attention() if self.blocks == ALL_BLOCKS else list(self.blocks)
         return ([PLAIN] if self.include_plain else []) + blocks
+
+
+def small_network_kwargs(channels):
+    """`{block: kwargs}` for every registered block that needs arguments at `channels`."""
+    from keras_chanattn.layers import registry
+
+    found = {name: registry.small_network_kwargs(name, channels) for name in list_attention()}
+    return {name: kwargs for name, kwargs in found.items() if kwargs}
 
 
 def _train_config(values):
