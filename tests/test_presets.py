@@ -94,11 +94,6 @@ def test_builder_builds_the_preset():
     assert model.name == "se_resnet20"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_model's first parameter is called `name`, so the builders' `name=` (the "
-    "model's name) cannot be passed through it; making it positional-only fixes it",
-)
 def test_the_model_name_passes_through_to_the_builder():
     model = presets.build_model("resnet20", name="mine", **_tiny_kwargs("resnet20"))
     assert model.name == "mine"
