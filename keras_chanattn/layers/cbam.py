@@ -97,8 +97,7 @@ class ConvGate(keras.layers.Layer):
     Given the pair, the convolution runs as two one-channel convolutions with the two
     input slices of the same kernel, summed: the same values, but in full-int8 TFLite
     each map keeps its own scale (a joined map shares one, set by the maximum, and the
-    mean loses its precision: measured on a trained ResNet-20 with CBAM, a relative
-    output error of 0.75 joined).
+    mean loses its precision).
 
     With `batch_norm=False` the convolution carries a bias instead of the BatchNorm: the
     inference form, whose weights `folded_weights()` of a BatchNorm gate gives.
@@ -127,6 +126,11 @@ class ConvGate(keras.layers.Layer):
 
     Output shape:
         `(batch, rows, cols, 1)`.
+
+    Example:
+
+    >>> x = keras.Input((None, None, 64))
+    >>> g = ConvGate(kernel_size=7)(z_pool_maps(x))  # (batch, H, W, 1), in (0, 1)
     """
 
     def __init__(
@@ -444,6 +448,12 @@ class FoldedSpatialAttention(AttentionLayer):
 
     Output shape:
         Same as the input.
+
+    Example:
+
+    >>> layer = SpatialAttention()
+    >>> y = layer(keras.Input((None, None, 64)))
+    >>> folded = layer.inference_layer()  # a FoldedSpatialAttention, same outputs
     """
 
     def __init__(self, kernel_size=7, **kwargs):
@@ -596,6 +606,12 @@ class FoldedCBAM(AttentionLayer):
 
     Output shape:
         Same as the input.
+
+    Example:
+
+    >>> layer = CBAM()
+    >>> y = layer(keras.Input((None, None, 64)))
+    >>> folded = layer.inference_layer()  # a FoldedCBAM, same outputs
     """
 
     def __init__(

@@ -166,16 +166,11 @@ class FoldedStyleRecalibration(AttentionLayer):
     With `scale_statistics`, each channel is first multiplied by the norm `|(a_c, b_c)|` of
     its CFC weights (undone in the weights after pooling), so that int8's per-tensor scales
     resolve best the statistics the gate depends on most, at one more int8 pass over the
-    map: on ResNet-50 (224x224, full int8, 2 threads) 1.14-1.15x the parameter-free gate
-    `x * sigmoid(GAP(x))` against 1.06-1.08x without it in two runs
-    (`benchmarks/export_resnet50.py` prints both forms). Without it (the default), a
-    low-variance channel with a large weight can lose its standard deviation to int8
-    rounding. Where SRM sits in the papers' place (on a BatchNorm output, before the
-    residual add), the two forms measured the same on the main job's trained ResNet-20
-    (`benchmarks/srm_forms.py`). After a ReLU, on the export tests' small digits
-    classifier, the default form lost top-1 agreement (0.96 against 0.99 scaled) and failed
-    the verification, whose report then names this option (`export_hint`). Float formats
-    compute the same outputs either way.
+    map. Without it (the default), a low-variance channel with a large weight can lose its
+    standard deviation to int8 rounding: enough on a BatchNorm output, where the papers put
+    SRM; after a ReLU it can fail full int8's verification, whose report then names this
+    option (`export_hint`). Float formats compute the same outputs either way. Costs and
+    measurements: `docs/export.md` and `docs/benchmarks.md`.
 
     Args:
         epsilon: added to the variance before the square root. Defaults to `1e-5`.
@@ -189,6 +184,12 @@ class FoldedStyleRecalibration(AttentionLayer):
 
     Output shape:
         Same as the input.
+
+    Example:
+
+    >>> layer = StyleRecalibration()
+    >>> y = layer(keras.Input((None, None, 64)))
+    >>> folded = layer.inference_layer()  # a FoldedStyleRecalibration, same outputs
     """
 
     # TFLite ops full-int8 export keeps in float (see keras_chanattn.export.verify); every
