@@ -167,10 +167,9 @@ class FoldedStyleRecalibration(AttentionLayer):
     its CFC weights (undone in the weights after pooling), so that int8's per-tensor scales
     resolve best the statistics the gate depends on most, at one more int8 pass over the
     map. Without it (the default), a low-variance channel with a large weight can lose its
-    standard deviation to int8 rounding: enough on a BatchNorm output, where the papers put
-    SRM; after a ReLU it can fail full int8's verification, whose report then names this
-    option (`export_hint`). Float formats compute the same outputs either way. Costs and
-    measurements: `docs/export.md` and `docs/benchmarks.md`.
+    standard deviation to int8 rounding; after a ReLU that can fail full int8's
+    verification, whose report then names this option (`export_hint`). Float formats
+    compute the same outputs either way. Costs and measurements: `docs/benchmarks.md`.
 
     Args:
         epsilon: added to the variance before the square root. Defaults to `1e-5`.
