@@ -251,3 +251,10 @@ def int8_scale_problems(tflite):
             name = subgraph.Tensors(tensors[2]).Name().decode("utf-8", "replace")
             found.append({"op": op, "tensor": name, "problems": problems})
     return checked, found
+
+
+def format_scale_problems(name, checked, problems):
+    """What `chanattn int8-limits` prints for one file: a count, then one line per op outside."""
+    lines = [f"{name}: {checked} int8 ADD/SUB/MUL, {len(problems)} outside XNNPACK's limits"]
+    lines += [f"  {p['op']} {p['tensor']}: {'; '.join(p['problems'])}" for p in problems]
+    return "\n".join(lines)
