@@ -102,9 +102,10 @@ class PipelineConfig:
             raise ValueError("Nothing to run: no blocks and include_plain=False.")
 
     @classmethod
-    def from_file(cls, path, **overrides):
-        """Reads a JSON configuration; `overrides` (not None) replace its values."""
-        values = json.loads(pathlib.Path(path).read_text())
+    def from_file(cls, path=None, **overrides):
+        """Reads a JSON configuration (`None`: the defaults); `overrides` (not None) replace
+        its values."""
+        values = json.loads(pathlib.Path(path).read_text()) if path is not None else {}
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"Unknown keys {unknown} in {path}.")
