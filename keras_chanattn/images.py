@@ -207,6 +207,25 @@ def as_images(data, spec, what, limit=None):
     return images
 
 
+def load_image_file(path):
+    """Images saved with NumPy: a `.npy` array, or a `.npz` file's `images` or `x` array.
+
+    A `.npz` file with neither key gives its first array. This is how calibration and
+    held-out images reach `chanattn export` from the command line.
+
+    Raises:
+        ValueError: the `.npz` file holds no arrays.
+    """
+    data = np.load(path)
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        for key in ("images", "x", *data.files[:1]):
+            if key in data.files:
+                return data[key]
+    raise ValueError(f"{path} holds no arrays.")
+
+
 def value_range(*arrays):
     """`(low, high)` over the given image arrays (`None`s skipped); `(0, 1)` when there are none."""
     arrays = [a for a in arrays if a is not None and a.size]

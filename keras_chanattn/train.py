@@ -168,6 +168,30 @@ def op_determinism(enabled=True):
             tf_config.disable_op_determinism()
 
 
+STRATEGIES = ("mirrored", "multi-worker")
+
+
+def distribution_strategy(name=None):
+    """The `tf.distribute` strategy called `name`, for `fit_classifier(strategy=...)`.
+
+    Args:
+        name: `"mirrored"` (every local GPU), `"multi-worker"` (the workers that the
+            `TF_CONFIG` environment variable names), or `None` for the default strategy.
+
+    Returns:
+        A `tf.distribute.Strategy`, or `None` for `name=None`.
+    """
+    import tensorflow as tf
+
+    if name is None:
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; known: {', '.join(STRATEGIES)}.")
+
+
 class _Timer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()

@@ -29,7 +29,7 @@ Modules: `run` (settings and the phases in order), `phases`, `latency`, `heldout
 """
 
 from keras_chanattn.bench.latency import LatencyStats, measure_latency
-from keras_chanattn.bench.models import backbone_models
+from keras_chanattn.bench.models import backbone_models, load_model_files, preset_input_shape
 from keras_chanattn.bench.results import (
     COLUMNS,
     REPORT_FILES,
@@ -52,7 +52,9 @@ __all__ = [
     "LatencyStats",
     "backbone_models",
     "bench",
+    "load_model_files",
     "measure_latency",
+    "preset_input_shape",
     "ratio_column",
     "results_table",
     "write_reports",

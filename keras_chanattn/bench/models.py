@@ -1,6 +1,7 @@
 """The models a bench compares: a backbone plain and with each block, or any labelled set."""
 
 import os
+import pathlib
 
 from keras_chanattn.layers.registry import list_attention
 from keras_chanattn.models import presets
@@ -52,6 +53,31 @@ def backbone_models(
         except ValueError as error:
             skipped[block] = str(error)
     return models, skipped
+
+
+def preset_input_shape(backbone, image_size=None, **builder_kwargs):
+    """The input shape a bench of preset `backbone` runs at, before its data is loaded.
+
+    Args:
+        backbone: a preset name from `keras_chanattn.models.presets`.
+        image_size: a square input size (3 channels). Defaults to `None`: the shape the
+            builder gives with `builder_kwargs` (which may hold `input_shape`).
+        **builder_kwargs: the builder's arguments.
+
+    Returns:
+        `(height, width, channels)`.
+    """
+    presets.get_preset(backbone)  # an unknown name raises, listing the known ones
+    if image_size:
+        return (image_size, image_size, 3)
+    return tuple(presets.build_model(backbone, None, **builder_kwargs).input_shape[1:])
+
+
+def load_model_files(paths):
+    """`{label: model}` from `.keras` files, each labelled by its file name without extension."""
+    import keras
+
+    return {pathlib.Path(path).stem: keras.saving.load_model(path) for path in paths}
 
 
 def _checked_blocks(blocks):
