@@ -7,6 +7,8 @@
   against the Keras model in the LiteRT interpreter (`verify_tflite`) before it is written.
 - `inference_model(model)`: the clone export converts, each layer with an
   `inference_layer()` replaced by what it returns.
+- `PreparedModel(model)`: what several exports of one model share (its inference form,
+  one batch-1 SavedModel every format converts, the Keras outputs); pass it as `prepared=`.
 
 Every write is atomic and refuses to replace an existing artefact unless `overwrite=True`.
 """
@@ -20,6 +22,7 @@ from keras_chanattn.export.checks import (
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.inference import declared_float_ops, export_hints, inference_model
 from keras_chanattn.export.metrics import ComparisonMetrics
+from keras_chanattn.export.prepared import PreparedModel
 from keras_chanattn.export.report import VerificationReport
 from keras_chanattn.export.saved_model import SavedModelReport, export_saved_model
 from keras_chanattn.export.tflite import convert_tflite, export_tflite
@@ -33,6 +36,7 @@ __all__ = [
     "ConversionError",
     "ExportVerificationError",
     "ImageSpec",
+    "PreparedModel",
     "SavedModelReport",
     "VerificationReport",
     "VerificationThresholds",

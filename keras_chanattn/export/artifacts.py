@@ -9,6 +9,7 @@ import os
 from keras_chanattn.export.checks import QUANTIZATIONS
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_text
+from keras_chanattn.export.prepared import PreparedModel
 from keras_chanattn.export.saved_model import export_saved_model
 from keras_chanattn.export.tflite import export_tflite
 
@@ -43,12 +44,12 @@ def _check_outputs(out_dir, stem, formats, overwrite):
 
 
 def _export(model, fmt, path, representative_data, validation_data, *, overwrite, image_size,
-            batch_size, num_calibration_samples, enforce, num_threads):  # fmt: skip
+            batch_size, num_calibration_samples, enforce, num_threads, prepared):  # fmt: skip
     """`(report, text to log)` of one format's export to `path`."""
     if fmt == SAVED_MODEL:
         report = export_saved_model(
             model, path, batch_size=batch_size, overwrite=overwrite, image_size=image_size,
-            check_data=validation_data,
+            check_data=validation_data, prepared=prepared,
         )  # fmt: skip
         text = (
             f"{fmt}: {'PASSED' if report.passed else 'FAILED'}, relative error "
@@ -58,9 +59,23 @@ def _export(model, fmt, path, representative_data, validation_data, *, overwrite
     report = export_tflite(
         model, path, fmt, representative_data, validation_data, overwrite=overwrite,
         image_size=image_size, num_calibration_samples=num_calibration_samples,
-        enforce=enforce, num_threads=num_threads,
+        enforce=enforce, num_threads=num_threads, prepared=prepared,
     )  # fmt: skip
     return report, report.summary() + f"\n  -> {path}"
+
+
+def _export_or_failure(model, fmt, path, *args, **kwargs):
+    """`_export`, with a failed verification's report, or `None` for a failed conversion,
+    and the text saying so."""
+    try:
+        return _export(model, fmt, path, *args, **kwargs)
+    except ExportVerificationError as error:
+        text = f"{fmt}: FAILED, nothing written\n" + "\n".join(
+            f"  FAILED: {failure}" for failure in error.report.failures
+        )
+        return error.report, text
+    except ConversionError as error:
+        return None, f"{fmt}: FAILED to convert: {error}"
 
 
 def export_artifacts(
@@ -83,7 +98,9 @@ def export_artifacts(
 
     Every output path is checked before any work starts, so an existing artefact stops the
     run at once (unless `overwrite`). A format that fails its verification leaves its report
-    (with `"passed": false`) and no artefact, and the other formats still run.
+    (with `"passed": false`) and no artefact, and the other formats still run. The formats
+    share one `PreparedModel`: one inference form, one batch-1 SavedModel every TFLite format
+    converts, and the Keras outputs computed once.
 
     Args:
         model: a Keras model with one NHWC image input.
@@ -113,25 +130,16 @@ def export_artifacts(
     stem = stem or model.name
     _check_outputs(out_dir, stem, formats, overwrite)
     reports = {}
-    for fmt in formats:
-        path, report_path = artifact_paths(out_dir, stem, fmt)
-        try:
-            report, text = _export(
+    with PreparedModel(model) as prepared:
+        for fmt in formats:
+            path, report_path = artifact_paths(out_dir, stem, fmt)
+            reports[fmt], text = _export_or_failure(
                 model, fmt, path, representative_data, validation_data, overwrite=overwrite,
                 image_size=image_size, batch_size=batch_size,
                 num_calibration_samples=num_calibration_samples, enforce=enforce,
-                num_threads=num_threads,
+                num_threads=num_threads, prepared=prepared,
             )  # fmt: skip
-        except ExportVerificationError as error:
-            report = error.report
-            text = f"{fmt}: FAILED, nothing written\n" + "\n".join(
-                f"  FAILED: {failure}" for failure in report.failures
-            )
-        except ConversionError as error:
-            reports[fmt] = None
-            log(f"{fmt}: FAILED to convert: {error}")
-            continue
-        write_text(report_path, report.to_json(), overwrite)
-        reports[fmt] = report
-        log(text)
+            if reports[fmt] is not None:
+                write_text(report_path, reports[fmt].to_json(), overwrite)
+            log(text)
     return reports

@@ -100,8 +100,11 @@ class SavedModelReport(CheckReport):
     failures: list = dataclasses.field(default_factory=list)
 
 
-def check_saved_model(directory, model, spec, batch_size, images, tolerance):
+def check_saved_model(directory, model, spec, batch_size, images, tolerance, reference=None):
     """Reloads the SavedModel at `directory` and compares its signature with `model` on `images`.
+
+    `reference` computes the Keras outputs (`keras_outputs` of `model` when `None`; a
+    `PreparedModel.keras_outputs` shares them with other checks).
 
     Returns:
         `(samples, max_abs_error, relative_error, failures)`.
@@ -118,7 +121,8 @@ def check_saved_model(directory, model, spec, batch_size, images, tolerance):
         result = signature(**{INPUT_NAME: tf.constant(images[start : start + step])})
         got.append([result[name].numpy() for name in output_order(result)])
     got = [np.concatenate(parts) for parts in zip(*got, strict=True)]
-    want = keras_outputs(model, images[: len(got[0])])
+    reference = reference or (lambda batch: keras_outputs(model, batch))
+    want = reference(images[: len(got[0])])
     if len(got) != len(want):
         return (
             len(images),
@@ -160,6 +164,7 @@ def export_saved_model(
     image_size=None,
     check_data=None,
     tolerance=1e-4,
+    prepared=None,
 ):
     """Exports `model` as a SavedModel with a serving signature, and checks it by reloading.
 
@@ -201,12 +206,20 @@ def export_saved_model(
     spec = image_input_spec(model, image_size, require_static=False)
     check_spec = spec if spec.is_static else image_input_spec(model, (32, 32))
     images = _check_images(check_data, check_spec, batch_size)
-    export_model, forms = inference_model(model)
+    if prepared is None:
+        export_model, forms = inference_model(model)
+    else:
+        prepared.check_model(model)
+        forms = prepared.inference_forms
     with atomic_output(path, overwrite, kind="directory") as tmp:
-        write_saved_model(export_model, tmp, spec, batch_size)
+        if prepared is None:
+            write_saved_model(export_model, tmp, spec, batch_size)
+        else:
+            prepared.write_saved_model(tmp, spec, batch_size)
         samples, max_abs, relative, failures = check_saved_model(
-            tmp, model, spec, batch_size, images, tolerance
-        )
+            tmp, model, spec, batch_size, images, tolerance,
+            reference=prepared.keras_outputs if prepared is not None else None,
+        )  # fmt: skip
         report = SavedModelReport(
             path=path,
             signature=SIGNATURE_KEY,

@@ -19,17 +19,17 @@ Formats:
   `widened_ranges` lists them).
 """
 
+import contextlib
 import re
-import tempfile
 
 from keras_chanattn._compat.tf_converter import calibrate_only, quantize_calibrated
 from keras_chanattn.export.checks import check_quantization, resolve_thresholds
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_bytes, write_text
 from keras_chanattn.export.graph import attribute_layer, operator_outputs
-from keras_chanattn.export.inference import declared_float_ops, inference_model, layer_names
+from keras_chanattn.export.inference import layer_names
+from keras_chanattn.export.prepared import PreparedModel
 from keras_chanattn.export.ranges import fit_xnnpack_ranges
-from keras_chanattn.export.saved_model import write_saved_model
 from keras_chanattn.export.verify import held_out_images, run_verification
 from keras_chanattn.images import as_images, image_input_spec, value_range
 
@@ -93,17 +93,28 @@ def _conversion_error(error, export_model, quantization):
     )
 
 
-def _convert(export_model, spec, quantization, calibration, float_allowlist):
-    """`(flatbuffer, widened ranges)` of `export_model`, through a temporary SavedModel."""
-    with tempfile.TemporaryDirectory(prefix="chanattn-tflite-") as saved_model:
-        write_saved_model(export_model, saved_model, spec, batch_size=1)
-        converter = _converter(saved_model, quantization, calibration)
-        try:
-            if quantization == "int8":
-                return _convert_int8(converter, export_model, float_allowlist)
-            return converter.convert(), []
-        except Exception as error:  # the converter raises several unrelated types
-            raise _conversion_error(error, export_model, quantization) from error
+@contextlib.contextmanager
+def _prepared(model, prepared):
+    """`prepared` (checked to be of `model`), or a `PreparedModel` of `model` for this call."""
+    if prepared is not None:
+        prepared.check_model(model)
+        yield prepared
+        return
+    with PreparedModel(model) as prepared:
+        yield prepared
+
+
+def _convert(prepared, spec, quantization, calibration):
+    """`(flatbuffer, widened ranges)` of the prepared inference form, from its batch-1
+    SavedModel (`PreparedModel.saved_model`)."""
+    export_model = prepared.export_model
+    converter = _converter(prepared.saved_model(spec), quantization, calibration)
+    try:
+        if quantization == "int8":
+            return _convert_int8(converter, export_model, prepared.float_allowlist)
+        return converter.convert(), []
+    except Exception as error:  # the converter raises several unrelated types
+        raise _conversion_error(error, export_model, quantization) from error
 
 
 def _calibration_images(quantization, representative_data, spec, limit):
@@ -143,6 +154,7 @@ def convert_tflite(
     *,
     image_size=None,
     num_calibration_samples=200,
+    prepared=None,
 ):
     """Converts `model` to a TFLite flatbuffer (no verification, nothing written).
 
@@ -156,9 +168,8 @@ def convert_tflite(
     calibration = _calibration_images(
         quantization, representative_data, spec, num_calibration_samples
     )
-    export_model, _ = inference_model(model)
-    float_allowlist = declared_float_ops(export_model)
-    return _convert(export_model, spec, quantization, calibration, float_allowlist)[0]
+    with _prepared(model, prepared) as prepared:
+        return _convert(prepared, spec, quantization, calibration)[0]
 
 
 def export_tflite(
@@ -178,6 +189,7 @@ def export_tflite(
     report_path=None,
     num_threads=2,
     seed=0,
+    prepared=None,
 ):
     """Converts `model` to TFLite, verifies the result (`verify_tflite`'s checks), and writes
     it atomically. Layers with an inference form are replaced by it first; a failed check
@@ -206,6 +218,9 @@ def export_tflite(
         report_path: also write the report as JSON there. Defaults to `None`.
         num_threads: threads of the verification interpreter. Defaults to `2`.
         seed: seed of the synthetic images and probes. Defaults to `0`.
+        prepared: a `PreparedModel` of `model`: its inference form, batch-1 SavedModel
+            and Keras outputs, shared by several exports of the model (each format then
+            converts the same SavedModel). Defaults to `None`: prepared for this call.
 
     Returns:
         The `VerificationReport`, with `path` set.
@@ -229,15 +244,15 @@ def export_tflite(
         quantization, representative_data, validation_data, spec, num_calibration_samples,
         max_validation_samples, seed,
     )  # fmt: skip
-    export_model, forms = inference_model(model)
-    float_allowlist = declared_float_ops(export_model)
-    tflite_bytes, widened = _convert(export_model, spec, quantization, calibration, float_allowlist)
-    report = run_verification(
-        tflite_bytes, model, quantization, spec, held_out, source, data_range,
-        export_model=export_model, inference_forms=forms, float_allowlist=float_allowlist,
-        thresholds=thresholds, probes=probes, num_threads=num_threads, seed=seed,
-        widened_ranges=widened,
-    )  # fmt: skip
+    with _prepared(model, prepared) as prepared:
+        tflite_bytes, widened = _convert(prepared, spec, quantization, calibration)
+        report = run_verification(
+            tflite_bytes, model, quantization, spec, held_out, source, data_range,
+            export_model=prepared.export_model, inference_forms=prepared.inference_forms,
+            float_allowlist=prepared.float_allowlist, thresholds=thresholds, probes=probes,
+            num_threads=num_threads, seed=seed, widened_ranges=widened,
+            reference=prepared.keras_outputs,
+        )  # fmt: skip
     if enforce and report.failures:
         raise ExportVerificationError(report)
     report.path = write_bytes(path, tflite_bytes, overwrite)

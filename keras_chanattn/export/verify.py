@@ -134,11 +134,12 @@ def _image_sets(report, held_out, thresholds, probes, spec, data_range, seed):
     return sets
 
 
-def _compare(report, model, interpreter, image_sets):
-    """Keras against TFLite on each image set: the metrics and the limits they break."""
+def _compare(report, reference, interpreter, image_sets):
+    """Keras (`reference(images)`, its outputs) against TFLite on each image set: the metrics
+    and the limits they break."""
     output_ranges = [quantized_range(o) for o in report.outputs]
     for label, images, max_rel, min_top1, max_abs, is_probe in image_sets:
-        want = keras_outputs(model, images)
+        want = reference(images)
         if any(not np.all(np.isfinite(w)) for w in want):
             report.failures.append(f"the Keras model itself gives NaN/infinite outputs on {label}")
         try:
@@ -179,10 +180,13 @@ def run_verification(
     num_threads=2,
     seed=0,
     widened_ranges=(),
+    reference=None,
 ):
     """The checks behind `verify_tflite`, on prepared inputs; returns the report (never raises
     `ExportVerificationError`). `widened_ranges` are the conversion's (`fit_xnnpack_ranges`),
-    recorded with the layer each tensor belongs to."""
+    recorded with the layer each tensor belongs to. `reference(images)` gives the Keras
+    outputs: `keras_outputs` of `model` when `None` (a `PreparedModel.keras_outputs` shares
+    them between formats)."""
     thresholds = resolve_thresholds(quantization, thresholds)
     known_layers = layer_names(export_model)
     report = VerificationReport(
@@ -208,7 +212,8 @@ def run_verification(
     if not _check_io(report, interpreter, graph, spec, float_allowlist):
         return report
     image_sets = _image_sets(report, held_out, thresholds, probes, spec, data_range, seed)
-    _compare(report, model, interpreter, image_sets)
+    reference = reference or (lambda images: keras_outputs(model, images))
+    _compare(report, reference, interpreter, image_sets)
     if report.failures:
         report.hints = export_hints(model, quantization)
         hint = calibration_hint(report.held_out, thresholds.max_relative_error)
