@@ -291,25 +291,31 @@ def export_variant(model, model_dir, calibration, held_out, config, bar=None):
     Returns:
         `{format: VerificationReport}`.
     """
-    from keras_chanattn.export import export_saved_model, export_tflite
+    from keras_chanattn.export import PreparedModel, export_saved_model, export_tflite
 
     images = held_out[0]
-    export_saved_model(model, model_dir / "saved_model", check_data=images[:32])
     reports = {}
-    for fmt in config.formats:
-        if bar is not None:
-            bar.add(1)
-        reports[fmt] = export_tflite(
-            model,
-            model_dir / f"model_{fmt}.tflite",
-            fmt,
-            representative_data=calibration if fmt == "int8" else None,
-            validation_data=images,
-            enforce=False,
-            report_path=model_dir / f"model_{fmt}.json",
-            num_threads=config.num_threads,
-            seed=config.train.seed,
+    # One inference form, one batch-1 SavedModel converted to every format, and the Keras
+    # outputs computed once, for all the artefacts.
+    with PreparedModel(model) as prepared:
+        export_saved_model(
+            model, model_dir / "saved_model", check_data=images[:32], prepared=prepared
         )
+        for fmt in config.formats:
+            if bar is not None:
+                bar.add(1)
+            reports[fmt] = export_tflite(
+                model,
+                model_dir / f"model_{fmt}.tflite",
+                fmt,
+                representative_data=calibration if fmt == "int8" else None,
+                validation_data=images,
+                enforce=False,
+                report_path=model_dir / f"model_{fmt}.json",
+                num_threads=config.num_threads,
+                seed=config.train.seed,
+                prepared=prepared,
+            )
     if bar is not None:
         bar.add(1)
     return reports
