@@ -24,6 +24,7 @@ from keras_chanattn.export import (
     ConversionError,
     ExportVerificationError,
     ImageSpec,
+    PreparedModel,
     convert_tflite,
     export_saved_model,
     export_tflite,
@@ -31,11 +32,12 @@ from keras_chanattn.export import (
     verify_tflite,
 )
 from keras_chanattn.export import files as export_files
+from keras_chanattn.export import prepared as prepared_module
 from keras_chanattn.export import saved_model as saved_model_module
 from keras_chanattn.export.artifacts import export_artifacts
 from keras_chanattn.export.inference import export_hints
 from keras_chanattn.export.verify import attribute_layer, compare_outputs, quantized_range
-from keras_chanattn.images import as_images, probe_images
+from keras_chanattn.images import as_images, image_input_spec, probe_images
 from keras_chanattn.layers import AttentionLayer
 from tests.layer_cases import (
     CASES,
@@ -666,6 +668,58 @@ def test_relative_error_failure_gives_the_per_image_errors():
     assert held.p99_image_relative_error <= held.relative_error
     assert held.worst_images[0]["relative_error"] == pytest.approx(held.relative_error)
     assert held.image_error_summary() in info.value.report.summary()
+
+
+# --- several exports of one model ------------------------------------------------------------
+
+
+def test_prepared_model_shares_one_saved_model_and_the_keras_outputs(tmp_path, monkeypatch):
+    """With one `PreparedModel`, the SavedModel and every format come from one batch-1
+    SavedModel, written once, and a second format computes no Keras output; the reports are
+    those of exports made alone."""
+    model = trained("srm")  # an inference form: the clone is shared too
+    calls = {"write_saved_model": 0, "keras_outputs": 0}
+
+    def counted(name):
+        original = getattr(prepared_module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(prepared_module, name, counted(name))
+    with PreparedModel(model) as prepared:
+        saved = export_saved_model(model, tmp_path / "saved", prepared=prepared)
+        reports = {}
+        for fmt in ("float32", "int8"):
+            reports[fmt] = export_tflite(
+                model, tmp_path / f"{fmt}.tflite", fmt, calibration_images(), held_out_images(),
+                prepared=prepared,
+            )  # fmt: skip
+            if fmt == "float32":
+                keras_calls = calls["keras_outputs"]
+        assert calls["keras_outputs"] == keras_calls
+        assert calls["write_saved_model"] == 1
+        directory = prepared.saved_model(image_input_spec(model))
+        with pytest.raises(ValueError, match="PreparedModel"):
+            export_tflite(plain_model(), tmp_path / "other.tflite", prepared=prepared)
+    assert not os.path.exists(directory)  # the temporary SavedModel goes with the context
+    assert saved.passed and saved.inference_forms == inference_model(model)[1]
+
+    monkeypatch.undo()
+    alone = export_saved_model(model, tmp_path / "saved_alone")
+    assert {**saved.to_dict(), "path": None} == {**alone.to_dict(), "path": None}
+    for fmt, report in reports.items():
+        alone = export_tflite(
+            model, tmp_path / f"alone_{fmt}.tflite", fmt, calibration_images(), held_out_images()
+        )
+        assert {**report.to_dict(), "path": None} == {**alone.to_dict(), "path": None}
+        assert (tmp_path / f"{fmt}.tflite").read_bytes() == (
+            tmp_path / f"alone_{fmt}.tflite"
+        ).read_bytes()
 
 
 # --- atomic writes and the overwrite guard ---------------------------------------------------
