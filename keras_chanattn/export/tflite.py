@@ -147,6 +147,16 @@ def _images(quantization, representative_data, validation_data, spec, num_calibr
     return calibration, held_out, source, data_range
 
 
+def _write_outputs(report, tflite_bytes, path, report_path, overwrite, enforce):
+    """Writes the flatbuffer and the report unless a check failed under `enforce` (raises)."""
+    if enforce and report.failures:
+        raise ExportVerificationError(report)
+    report.path = write_bytes(path, tflite_bytes, overwrite)
+    if report_path is not None:
+        write_text(report_path, report.to_json(), overwrite)
+    return report
+
+
 def convert_tflite(
     model,
     quantization="float32",
@@ -218,9 +228,8 @@ def export_tflite(
         report_path: also write the report as JSON there. Defaults to `None`.
         num_threads: threads of the verification interpreter. Defaults to `2`.
         seed: seed of the synthetic images and probes. Defaults to `0`.
-        prepared: a `PreparedModel` of `model`: its inference form, batch-1 SavedModel
-            and Keras outputs, shared by several exports of the model (each format then
-            converts the same SavedModel). Defaults to `None`: prepared for this call.
+        prepared: a `PreparedModel` of `model`, shared by its exports (one SavedModel for
+            every format, the Keras outputs once). Defaults to `None`: one for this call.
 
     Returns:
         The `VerificationReport`, with `path` set.
@@ -253,9 +262,4 @@ def export_tflite(
             num_threads=num_threads, seed=seed, widened_ranges=widened,
             reference=prepared.keras_outputs,
         )  # fmt: skip
-    if enforce and report.failures:
-        raise ExportVerificationError(report)
-    report.path = write_bytes(path, tflite_bytes, overwrite)
-    if report_path is not None:
-        write_text(report_path, report.to_json(), overwrite)
-    return report
+    return _write_outputs(report, tflite_bytes, path, report_path, overwrite, enforce)
