@@ -8,6 +8,7 @@ import pytest
 import keras_chanattn
 from keras_chanattn import models
 from keras_chanattn._compat import keras_graph
+from keras_chanattn.layers.registry import small_network_kwargs
 from keras_chanattn.models.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_chanattn.models.resnet import CIFAR_STAGES, IMAGENET_STAGES
 
@@ -24,9 +25,6 @@ SPEC_RESNET50_DELTAS = {
     "cbam": 2_532_592,
     "eca": 80,
 }
-# Block arguments for the small test networks, whose 8- to 128-channel maps a 64-group
-# block cannot split.
-SMALL_NET_KWARGS = {"sa": {"groups": 4}, "sge": {"groups": 4}}
 
 
 def trainable_count(model):
@@ -147,7 +145,8 @@ EXPECTED_SITES = {"resnet18": 8, "cifar_resnet8": 3, "mobilenet_v2_035": 17}
 @pytest.mark.parametrize("block", NAMES)
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 def test_builder_with_block_runs_and_round_trips(builder, block, tmp_path):
-    model = BUILDERS[builder](block, **SMALL_NET_KWARGS.get(block, {}))
+    # The small networks' 8- to 128-channel maps: each block's own small-network arguments.
+    model = BUILDERS[builder](block, **small_network_kwargs(block, channels=8))
     blocks = attention_layers(model)
     assert len(blocks) == EXPECTED_SITES[builder]
     expected_class = keras_chanattn.layers.get_attention_class(block)
