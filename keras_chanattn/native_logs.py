@@ -14,10 +14,15 @@ import re
 import sys
 import threading
 
-# Native INFO and WARNING lines (`I1203 10:06:40.123456  4989 file.cc:31] ...`), absl's
-# pre-initialisation notice, the CPU-feature and oneDNN notices, LiteRT's delegate notice.
+# Native INFO and WARNING lines (`I1203 10:06:40.123456  4989 file.cc:31] ...`), two
+# ERROR lines that are not errors on a CPU machine (no CUDA driver; tf.data's graph carrying
+# an attribute its kernel predates), absl's pre-initialisation notice, the CPU-feature and
+# oneDNN notices, LiteRT's delegate notice, the quantiser's settings line.
+_NATIVE = rb"[\d:.]+\s+\d+ [\w./-]+:\d+\] "
 NOISE = re.compile(
-    rb"^(?:[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] "
+    rb"^(?:[IW]\d{4} " + _NATIVE + rb"|E\d{4} " + _NATIVE + rb"failed call to cuInit"
+    rb"|E\d{4} " + _NATIVE + rb"NodeDef mentions attribute \w+ which is not in the op def"
+    rb"|fully_quantize: \d, inference_type: "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions: .* rebuild TensorFlow"
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"

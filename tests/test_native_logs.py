@@ -17,6 +17,12 @@ NOISE = [
     b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
     b"with the appropriate compiler flags.\n",
     b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
+    b"E0000 00:00:1796301089.878807   30417 cuda_platform.cc:52] failed call to cuInit: "
+    b"INTERNAL: CUDA error\n",
+    b"E0000 00:00:1796301090.794628   30417 node_def_util.cc:682] NodeDef mentions attribute "
+    b"use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset>\n",
+    b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8, output_inference_type: "
+    b"INT8\n",
     b"2026-12-03 10:00:00.1: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on\n",
 ]
 KEPT = [
