@@ -235,8 +235,7 @@ def export_tflite(
         The `VerificationReport`, with `path` set.
 
     Raises:
-        ValueError: unknown format or thresholds, missing or ill-shaped calibration data, a
-            model whose input is not an NHWC image.
+        ValueError: bad format, thresholds, calibration data or a non-NHWC image input.
         FileExistsError: `path` (or `report_path`) exists and `overwrite` is false.
         ConversionError: the converter rejected the model (e.g. an op with no builtin).
         ExportVerificationError: a verification check failed; `.report` has the figures.
