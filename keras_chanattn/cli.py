@@ -1,21 +1,23 @@
 """`chanattn <command>`: the command line; each sub-command parses arguments and calls a room.
 
 Sub-commands register themselves in `COMMANDS` through `command(...)`; each is a function
-taking the parsed `argparse.Namespace` and returning an exit code. A usage error that a room
-raises (`ValueError`, `FileExistsError`, `FileNotFoundError`: an unknown name, an existing
-output, a missing file) ends the command with one `chanattn: error: ...` line on stderr and
-exit status 2; `--verbose` adds the traceback.
+taking the parsed `argparse.Namespace` and returning an exit code. Every error ends the
+command with one `chanattn: error: ...` line on stderr: exit status 2 for a usage error (a bad
+argument, an unknown name, an existing output, a missing or unreadable input: what a room
+raises as `ValueError` or an `OSError` about a path), 1 for work that failed, 130 for an
+interrupt. `--verbose` adds the traceback.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import traceback
 
 COMMANDS = {}
-USAGE_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
+USAGE_ERRORS = (ValueError, OSError)  # OSError: a path that exists, is missing or unwritable
 BACKBONE_HELP = "a preset: resnet18-152, resnet20-164 (CIFAR) or mobilenet_v2"
 DATA_HELP = "digits, tfds:<name> or an image folder"
 BACKBONE_ARGS_HELP = "builder arguments as JSON, merged over the preset's"
@@ -47,12 +49,57 @@ def arg(*flags, **kwargs):
 
 def csv_list(text):
     """A comma-separated argument as the list of its non-empty parts, stripped."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return parts
+
+
+def at_least(minimum):
+    """An argument type: an integer >= `minimum`."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = at_least(1)
+
+
+def finite_float(text):
+    """A finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def json_object(text):
+    """A JSON object (`{"name": value, ...}`), as a dict."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"depth\": 32}}', got {text!r}"
+        )
+    return value
 
 
 def batch_size(text):
-    """An integer batch size, or `None` for `"dynamic"`."""
-    return None if text == "dynamic" else int(text)
+    """An integer batch size >= 1, or `None` for `"dynamic"`."""
+    return None if text == "dynamic" else positive_int(text)
 
 
 @command("list", "List the registered attention blocks.")
@@ -75,8 +122,8 @@ def _list(args):
         arg("--no-plain", dest="include_plain", action="store_false", default=None, help=NO_PLAIN),
         arg("--backbone", help=BACKBONE_HELP),
         arg("--data", help=DATA_HELP),
-        arg("--image-size", type=int),
-        arg("--epochs", type=int),
+        arg("--image-size", type=positive_int),
+        arg("--epochs", type=positive_int),
         arg("--formats", type=csv_list, help="TFLite formats, comma-separated, or none"),
         arg("--out", dest="out_dir", help="runs folder"),
         arg("--name", dest="run_name", help="the run's folder name"),
@@ -108,17 +155,17 @@ def _run(args):
     "Fine-tune one backbone with one block (or none) on a data source.",
     [
         arg("--backbone", default="resnet20", help=BACKBONE_HELP),
-        arg("--backbone-args", type=json.loads, help=BACKBONE_ARGS_HELP),
+        arg("--backbone-args", type=json_object, help=BACKBONE_ARGS_HELP),
         arg("--attention", help="block name; omit for the plain network"),
         arg("--data", default="digits", help=DATA_HELP),
         arg("--data-dir", help="TFDS data_dir (local, prepared)"),
-        arg("--image-size", type=int, default=32),
-        arg("--epochs", type=int, default=10),
-        arg("--batch-size", type=int, default=64),
+        arg("--image-size", type=positive_int, default=32),
+        arg("--epochs", type=positive_int, default=10),
+        arg("--batch-size", type=positive_int, default=64),
         arg("--optimizer", default="adamw", choices=["sgd", "adamw"]),
-        arg("--learning-rate", type=float, default=2e-3),
-        arg("--weight-decay", type=float, default=0.05),
-        arg("--label-smoothing", type=float, default=0.1),
+        arg("--learning-rate", type=finite_float, default=2e-3),
+        arg("--weight-decay", type=finite_float, default=0.05),
+        arg("--label-smoothing", type=finite_float, default=0.1),
         arg("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"]),
         arg("--distribute", choices=["mirrored", "multi-worker"], help="multi-worker: TF_CONFIG"),
         arg("--sync-batch-norm", action="store_true"),
@@ -129,16 +176,20 @@ def _run(args):
 )
 def _train(args):
     from keras_chanattn.data import load_data
-    from keras_chanattn.models.presets import PLAIN, build_model
+    from keras_chanattn.layers import get_attention_class
+    from keras_chanattn.models.presets import PLAIN, build_model, get_preset
     from keras_chanattn.pipeline import PipelineConfig
     from keras_chanattn.train import TrainConfig, distribution_strategy, fit_classifier
 
-    data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
-    data = load_data(args.data, args.image_size, seed=args.seed, **data_kwargs)
+    get_preset(args.backbone)  # names checked before the data loads
+    if args.attention:
+        get_attention_class(args.attention)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(
         flip=args.data != "digits", **{k: v for k, v in vars(args).items() if k in fields}
     )
+    data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    data = load_data(args.data, args.image_size, seed=args.seed, **data_kwargs)
     variant = args.attention or PLAIN
     main_job = PipelineConfig()  # the main job's builder arguments, for its own backbone
     backbone_kwargs = dict(main_job.backbone_kwargs if args.backbone == main_job.backbone else {})
@@ -166,8 +217,8 @@ def _train(args):
     [
         arg("backbone", nargs="?", default="resnet50", help=BACKBONE_HELP + "; default resnet50"),
         arg("--blocks", type=csv_list, help="comma-separated block names (default: all)"),
-        arg("--input-size", type=int, help="square input size (default: the backbone's)"),
-        arg("--alpha", type=float, help="mobilenet_v2 width multiplier"),
+        arg("--input-size", type=positive_int, help="square input size (default: the backbone's)"),
+        arg("--alpha", type=finite_float, help="mobilenet_v2 width multiplier"),
         arg("--no-flops", action="store_true", help="skip the FLOPs count (faster)"),
     ],
 )
@@ -198,20 +249,21 @@ def _params(args):
         arg("--data", help=DATA_HELP + ": train split calibrates int8, validation verifies"),
         arg("--calibration", help=".npy/.npz calibration images (int8)"),
         arg("--validation", help=".npy/.npz held-out images to verify on"),
-        arg("--image-size", type=int, nargs=2, metavar=("H", "W")),
+        arg("--image-size", type=positive_int, nargs=2, metavar=("H", "W")),
         arg("--batch-size", type=batch_size, default="1", help="SavedModel batch, or 'dynamic'"),
-        arg("--num-calibration", type=int, default=200, help="calibration images"),
-        arg("--threads", type=int, default=2, help="verification interpreter threads"),
+        arg("--num-calibration", type=positive_int, default=200, help="calibration images"),
+        arg("--threads", type=positive_int, default=2, help="verification interpreter threads"),
         arg("--no-enforce", action="store_true", help="write artefacts that fail verification"),
     ],
 )
 def _export(args):
     import keras
 
-    from keras_chanattn.export.artifacts import FORMATS, export_artifacts
+    from keras_chanattn.export.artifacts import FORMATS, check_formats, export_artifacts
     from keras_chanattn.images import image_input_spec, load_image_file
 
     formats = [name for group in args.formats or [["all"]] for name in group]
+    formats = check_formats(list(FORMATS) if "all" in formats else formats)
     model = keras.saving.load_model(args.model)
     calibration = load_image_file(args.calibration) if args.calibration else None
     validation = load_image_file(args.validation) if args.validation else None
@@ -223,7 +275,7 @@ def _export(args):
         calibration = data.train if calibration is None else calibration
         validation = data.validation if validation is None else validation
     reports = export_artifacts(
-        model, args.out_dir, list(FORMATS) if "all" in formats else formats, calibration,
+        model, args.out_dir, formats, calibration,
         validation, stem=pathlib.Path(args.model).stem, overwrite=args.overwrite,
         image_size=args.image_size, batch_size=args.batch_size,
         num_calibration_samples=args.num_calibration, enforce=not args.no_enforce,
@@ -241,16 +293,16 @@ def _export(args):
         arg("--models", type=csv_list, help="comma-separated .keras files instead of a backbone"),
         arg("--blocks", type=csv_list, help="default: all blocks"),
         arg("--no-plain", action="store_true", help=NO_PLAIN),
-        arg("--backbone-args", type=json.loads, help=BACKBONE_ARGS_HELP),
-        arg("--attention-args", type=json.loads, help='per block, e.g. {"sa": {"groups": 8}}'),
-        arg("--image-size", type=int, help="default: the backbone's"),
+        arg("--backbone-args", type=json_object, help=BACKBONE_ARGS_HELP),
+        arg("--attention-args", type=json_object, help='per block, e.g. {"sa": {"groups": 8}}'),
+        arg("--image-size", type=positive_int, help="default: the backbone's"),
         arg("--formats", type=csv_list, help="default: all four TFLite formats"),
         arg("--data", default="digits", help=DATA_HELP + ", or none (synthetic, no accuracy)"),
-        arg("--calibration", type=int, default=200, help="calibration images"),
-        arg("--max-samples", type=int, default=256, help="held-out images"),
-        arg("--threads", type=int, default=2, help="LiteRT threads"),
-        arg("--warmup", type=int, default=5, help="untimed rounds"),
-        arg("--runs", type=int, default=30, help="timed rounds"),
+        arg("--calibration", type=positive_int, default=200, help="calibration images"),
+        arg("--max-samples", type=positive_int, default=256, help="held-out images"),
+        arg("--threads", type=positive_int, default=2, help="LiteRT threads"),
+        arg("--warmup", type=at_least(0), default=5, help="untimed rounds"),
+        arg("--runs", type=positive_int, default=30, help="timed rounds"),
         arg("--baseline", type=csv_list, help="models latency ratios are taken against (plain)"),
         arg("--out", dest="out_dir", required=True, help="output directory"),
         arg("--overwrite", action="store_true", help="replace existing reports"),
@@ -345,16 +397,33 @@ def build_parser():
     return parser
 
 
+def _error_line(error):
+    """`error` as one line: its message, with the type where the message alone is vague."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, USAGE_ERRORS) and not isinstance(error, OSError):
+        return text
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
+        text = f"{text}: {error.filename}"
+    return text if isinstance(error, OSError) else f"{type(error).__name__}: {text}"
+
+
 def main(argv=None):
     """Runs `chanattn` on `argv` (default: `sys.argv[1:]`) and returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USAGE_ERRORS as error:
+    except KeyboardInterrupt:
         if args.verbose:
             traceback.print_exc()
-        print(f"chanattn: error: {error}", file=sys.stderr)
-        return 2
+        print("chanattn: interrupted; earlier outputs are as they were", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line for the user; --verbose keeps the traceback
+        if args.verbose:
+            traceback.print_exc()
+        status = 2 if isinstance(error, USAGE_ERRORS) else 1
+        hint = "" if args.verbose or status == 2 else " (--verbose shows the traceback)"
+        print(f"chanattn: error: {_error_line(error)}{hint}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ digits, plain and with the three seed papers' blocks (SE, SRM, Shuffle Attention
 needs no network; `blocks="all"` compares every registered block.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import pathlib
+import shutil
 import time
 
 import keras
@@ -99,7 +101,40 @@ class PipelineConfig:
                     f"(or {ALL_BLOCKS!r} for every one)."
                 )
         if not self.variants():
-            raise ValueError("Nothing to run: no blocks and include_plain=False.")
+            raise ValueError(
+                "Nothing to run: no blocks and include_plain=False; name blocks (e.g. "
+                "--blocks se) or keep the plain backbone."
+            )
+        self._check_values()
+
+    def _check_values(self):
+        """Refuses, before any work, settings the job would only trip over later."""
+        from keras_chanattn.export.checks import QUANTIZATIONS
+
+        unknown = [f for f in self.formats if f not in QUANTIZATIONS]
+        if unknown or len(set(self.formats)) != len(self.formats):
+            raise ValueError(
+                f"`formats` must be distinct TFLite formats among {', '.join(QUANTIZATIONS)} "
+                f"(or none), got {self.formats}."
+            )
+        for name in ("image_size", "num_threads", "latency_runs", "calibration_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if self.image_size < 8:
+            raise ValueError(f"`image_size` must be at least 8 pixels, got {self.image_size}.")
+        for name in ("backbone_kwargs", "attention_kwargs", "data_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(
+                    f"`{name}` must be a JSON object of arguments, got {getattr(self, name)!r}."
+                )
+        if self.run_name is not None and (
+            not self.run_name.strip() or pathlib.Path(self.run_name).name != self.run_name
+        ):
+            raise ValueError(
+                f"`run_name` must be a plain folder name (no path separators), got "
+                f"{self.run_name!r}."
+            )
 
     @classmethod
     def from_file(cls, path=None, **overrides):
@@ -155,19 +190,62 @@ def build_model(config, variant, num_classes, channels=3):
     )
 
 
+REPORT = "report.md"  # written last: a run folder without it is an unfinished run
+
+
 def _run_dir(config):
+    """The run's folder, checked before any work: a finished run (it holds `report.md`) is
+    only replaced under `overwrite`; an unfinished one (a failed or interrupted run) is."""
     name = config.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = pathlib.Path(config.out_dir) / name
-    if path.exists() and any(path.iterdir()) and not config.overwrite:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a run folder; choose another run_name.")
+    if (path / REPORT).exists() and not config.overwrite:
         raise FileExistsError(
-            f"{path} already holds a run; pass overwrite=True (--overwrite) or another run_name."
+            f"{path} already holds a finished run; pass overwrite=True (--overwrite) to "
+            "replace it, or another run_name (--name)."
         )
-    path.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and any(path.iterdir()) and not (path / REPORT).exists():
+        if not (path / "config.json").exists():
+            raise FileExistsError(
+                f"{path} is a non-empty folder that is not a run; choose another run_name."
+            )
     return path
+
+
+@contextlib.contextmanager
+def _replacing(path):
+    """Runs the body in an empty `path`; an earlier run there is moved aside first, and put
+    back if the body fails or is interrupted (deleted once it succeeds)."""
+    aside = path.with_name(f".{path.name}.replaced")
+    if aside.exists():  # left by a run killed outright: the earlier run is still in it
+        raise FileExistsError(
+            f"{aside} holds a run an interrupted replace moved aside; move it back to {path} "
+            "or delete it, then rerun."
+        )
+    had_run = path.exists() and (path / REPORT).exists()
+    if had_run:
+        path.rename(aside)
+    elif path.exists():
+        shutil.rmtree(path)  # an unfinished run of this name: nothing finished is lost
+    path.mkdir(parents=True)
+    try:
+        yield path
+    except BaseException:
+        if had_run:
+            shutil.rmtree(path, ignore_errors=True)
+            aside.rename(path)
+        raise
+    if had_run:
+        shutil.rmtree(aside)
 
 
 def run_pipeline(config=None, verbose=1, log=print):
     """Runs the main job and writes its report; returns the rows of the results table.
+
+    Everything is checked, and the data loaded, before the run folder is touched. Replacing
+    a finished run (`overwrite`) keeps it until the new run has finished: a failed or
+    interrupted replace puts it back as it was.
 
     Args:
         config: a `PipelineConfig`. Defaults to `PipelineConfig()`.
@@ -176,15 +254,25 @@ def run_pipeline(config=None, verbose=1, log=print):
 
     Returns:
         `(rows, run_dir)`: one dict per variant, and the folder holding the report.
+
+    Raises:
+        FileExistsError: the run folder holds a finished run and `overwrite` is false.
     """
     from keras_chanattn.data import load_data
-    from keras_chanattn.report import failures, results_table, write_report
 
     config = config or PipelineConfig()
     run_dir = _run_dir(config)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     started = time.perf_counter()
     data = load_data(config.data, config.image_size, seed=config.train.seed, **config.data_kwargs)
+    with _replacing(run_dir):
+        rows = _run_phases(config, data, run_dir, started, verbose, log)
+    return rows, run_dir
+
+
+def _run_phases(config, data, run_dir, started, verbose, log):
+    from keras_chanattn.report import failures, results_table, write_report
+
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     models, rows = train_variants(config, data, run_dir, verbose, log)
     measured = None
     if config.formats:
@@ -201,8 +289,8 @@ def run_pipeline(config=None, verbose=1, log=print):
         log(measured.table())
     for variant, failure in failures(rows):
         log(f"VERIFICATION FAILED {variant}: {failure}")
-    log(f"Report: {run_dir / 'report.md'} ({elapsed:.0f} s)")
-    return rows, run_dir
+    log(f"Report: {run_dir / REPORT} ({elapsed:.0f} s)")
+    return rows
 
 
 def _progress(target, verbose, unit):
