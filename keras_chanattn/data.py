@@ -144,13 +144,11 @@ def tfds_data(
     Returns:
         `ImageData`.
     """
-    import tensorflow_datasets as tfds
 
     size = _size(image_size)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as err:  # unknown names: TFDS raises its own DatasetNotFoundError
-        raise ValueError(f"TensorFlow Datasets has no data set {name!r}: {err}") from err
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"TFDS data set name must be a non-empty string, got {name!r}.")
+    builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ValueError(
@@ -183,6 +181,35 @@ def tfds_data(
     )
 
 
+def _tfds_builder(name, data_dir):
+    """`tfds.builder(name)`, its errors shortened to one line (TFDS lists its whole registry)."""
+    import difflib
+
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        base = name.split(":")[0].split("/")[0]
+        close = difflib.get_close_matches(
+            base.lower(), tfds.list_builders(with_community_datasets=False), n=3
+        )
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        where = repr(str(data_dir)) if data_dir else "TFDS's default data_dir"
+        raise ValueError(
+            f"TensorFlow Datasets has no data set {name!r}: it is neither registered nor "
+            f"prepared in {where}.{hint} Pass a registered name (e.g. 'tfds:cifar10'), or "
+            f"prepare the set on a machine with network (`tfds build {base} --data_dir DIR`) "
+            "and pass data_dir=DIR; nothing is downloaded at run time."
+        ) from None
+    except Exception as err:  # a bad version or config: TFDS's first line says which
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ValueError(
+            f"TensorFlow Datasets cannot load {name!r} ({type(err).__name__}: {first}). "
+            "Check the name, config and version (tfds:<name>[/<config>][:<version>])."
+        ) from None
+
+
 def _int_label(label):
     import tensorflow as tf
 
@@ -191,77 +218,181 @@ def _int_label(label):
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
+# The first bytes of each image format `tf.io.decode_image` reads, to say why a file failed.
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+_LISTED = 5  # how many bad files an error message names
 
-def folder_data(root, image_size=224, channels=3, validation_fraction=0.2, seed=0):
+
+def folder_data(root, image_size=224, channels=3, validation_fraction=0.2, seed=0, verify=True):
     """Images in `root/<class name>/<image>` folders, split into train and validation.
 
-    Classes are the sub-folder names in sorted order. The split is per class, stratified
-    and reproducible for a given seed, so every class appears in both splits when it has
-    at least two images.
+    Classes are the sub-folder names in sorted order; files whose names start with "." are
+    skipped. The split is per class, stratified and reproducible for a given seed: every
+    class keeps at least one training image and, when it has at least two images and
+    `validation_fraction > 0`, at least one validation image. Every image is decoded once
+    up front (`verify`), so a corrupt file is reported by name here rather than failing
+    inside `tf.data` in the middle of training.
 
     Args:
         root: the folder holding one sub-folder per class.
         image_size: output height and width (int or pair). Defaults to `224`.
         channels: 1 or 3. Defaults to `3`.
-        validation_fraction: share of each class held out, in [0, 1). Defaults to `0.2`.
+        validation_fraction: share of each class held out, in [0, 1); `0` gives an empty
+            validation split. Defaults to `0.2`.
         seed: seed of the split. Defaults to `0`.
+        verify: decode every image once before returning (about as long as one epoch's
+            decoding). Defaults to `True`.
 
     Returns:
         `ImageData`.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        ValueError: bad arguments, fewer than two class folders, a class without images,
+            images that cannot be decoded, or an empty validation split.
     """
     import tensorflow as tf
 
     size = _size(image_size)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"`validation_fraction` must be in [0, 1), got {validation_fraction!r}.")
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float, np.integer, np.floating))
+        or not 0.0 <= validation_fraction < 1.0
+    ):
+        raise ValueError(
+            f"`validation_fraction` must be a number in [0, 1), got {validation_fraction!r}."
+        )
+    files = _class_files(root)
+    splits = _split_files(files, validation_fraction, seed)
+    if verify:
+        _check_decodable(root, [path for paths in files.values() for path in paths])
+
+    def decode(path, label):
+        # Decoded as RGB (GIF and BMP decoders refuse one channel); made grey afterwards.
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape((None, None, 3))
+        return _to_float_image(image, size, channels), label
+
+    def load(split):
+        paths, labels = splits[split]
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(paths, tf.string, (len(paths),)), tf.constant(labels, tf.int32))
+        )
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return ImageData(
+        train=load("train"),
+        validation=load("validation"),
+        num_classes=len(files),
+        class_names=list(files),
+        image_shape=(*size, channels),
+    )
+
+
+def _class_files(root):
+    """`{class name: sorted image paths}` of `root`'s class folders, in sorted class order."""
     root = pathlib.Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"Image folder {str(root)!r} does not exist.")
+    if not root.is_dir():
+        raise ValueError(
+            f"Image folder {str(root)!r} is a file; pass the folder holding one sub-folder "
+            "per class (root/<class>/<image>)."
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise ValueError(
             f"{str(root)!r} must hold one sub-folder per class (root/<class>/<image>), at least "
             f"two; found {classes}."
         )
+    files = {}
+    for name in classes:
+        files[name] = sorted(
+            str(p)
+            for p in (root / name).iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        if not files[name]:
+            raise ValueError(
+                f"Class folder {str(root / name)!r} holds no images {IMAGE_EXTENSIONS}; add "
+                "images or remove the folder."
+            )
+    return files
+
+
+def _split_files(files, validation_fraction, seed):
+    """`{"train": (paths, labels), "validation": (paths, labels)}`, stratified by class.
+
+    Raises:
+        ValueError: `validation_fraction > 0` but no class has two images to share.
+    """
     rng = np.random.default_rng(seed)
     splits = {"train": ([], []), "validation": ([], [])}
-    for label, name in enumerate(classes):
-        files = sorted(
-            str(p) for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise ValueError(
-                f"Class folder {str(root / name)!r} holds no images {IMAGE_EXTENSIONS}."
-            )
-        files = [files[i] for i in rng.permutation(len(files))]
-        n_val = int(round(validation_fraction * len(files)))
-        if validation_fraction > 0 and len(files) > 1:
-            n_val = max(1, n_val)
-        for split, part in (("validation", files[:n_val]), ("train", files[n_val:])):
+    for label, paths in enumerate(files.values()):
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+        n_val = 0
+        if validation_fraction > 0 and len(paths) > 1:
+            n_val = min(max(1, int(round(validation_fraction * len(paths)))), len(paths) - 1)
+        for split, part in (("validation", paths[:n_val]), ("train", paths[n_val:])):
             splits[split][0].extend(part)
             splits[split][1].extend([label] * len(part))
-
-    def decode(path, label):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=channels, expand_animations=False
+    if validation_fraction > 0 and not splits["validation"][0]:
+        raise ValueError(
+            f"validation_fraction={validation_fraction} leaves the validation split empty: "
+            f"every class folder holds a single image ({', '.join(map(repr, files))}). A "
+            "class needs at least 2 images to appear in both splits; add images, or pass "
+            "validation_fraction=0 for no validation split."
         )
-        image.set_shape((None, None, channels))
-        return _to_float_image(image, size, channels), label
+    return splits
 
-    def load(split):
-        paths, labels = splits[split]
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int32")))
-        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return ImageData(
-        train=load("train"),
-        validation=load("validation"),
-        num_classes=len(classes),
-        class_names=classes,
-        image_shape=(*size, channels),
+def _check_decodable(root, paths):
+    """Decodes every image in `paths` once; raises a `ValueError` naming those that fail."""
+    import concurrent.futures
+
+    import tensorflow as tf
+
+    def fails(path):
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except tf.errors.OpError:
+            return True
+        return False
+
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        bad = [path for path, failed in zip(paths, pool.map(fails, paths), strict=True) if failed]
+    if not bad:
+        return
+    listed = ", ".join(f"{path!r} ({_why_undecodable(path)})" for path in bad[:_LISTED])
+    more = f" and {len(bad) - _LISTED} more" if len(bad) > _LISTED else ""
+    raise ValueError(
+        f"{len(bad)} of {len(paths)} image files under {str(root)!r} cannot be decoded: "
+        f"{listed}{more}. Remove or replace these files, then run again."
     )
+
+
+def _why_undecodable(path):
+    """A few words on why `path` is not a readable image: empty, unknown format or damaged."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    if not head:
+        return "empty file"
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return f"truncated or corrupt {kind} data"
+    return "not a PNG, JPEG, BMP or GIF image"
 
 
 def load_data(source="digits", image_size=32, channels=3, seed=0, **kwargs):

@@ -7,6 +7,7 @@ Export works on any Keras model with one NHWC image input. Images may come as a 
 """
 
 import dataclasses
+import pathlib
 
 import keras
 import numpy as np
@@ -172,6 +173,12 @@ def as_images(data, spec, what, limit=None):
     if callable(data) and not isinstance(data, tf.data.Dataset):
         data = data()
     if isinstance(data, (np.ndarray, tf.Tensor)):
+        if np.ndim(data) == 3:
+            raise ValueError(
+                f"{what} is one array of shape {tuple(np.shape(data))}, which is ambiguous: one "
+                f"image or a batch of images without a channel axis. Pass a batch of shape "
+                f"{expected}: image[None] for a single image, images[..., None] for grey images."
+            )
         batches = [np.asarray(data)]
     elif isinstance(data, tf.data.Dataset) or hasattr(data, "__iter__"):
         batches = iter_batches(data)
@@ -190,9 +197,7 @@ def as_images(data, spec, what, limit=None):
                 f"array of shape {tuple(batch.shape)}. Resize the images to "
                 f"{spec.height}x{spec.width} with {spec.channels} channel(s)."
             )
-        if not np.issubdtype(batch.dtype, np.number) or np.issubdtype(
-            batch.dtype, np.complexfloating
-        ):
+        if not _is_real(batch.dtype):
             raise ValueError(f"{what} must hold real numbers, got dtype {batch.dtype}.")
         take = batch if limit is None else batch[: limit - count]
         images.append(take.astype("float32"))
@@ -202,28 +207,94 @@ def as_images(data, spec, what, limit=None):
     if count == 0:
         raise ValueError(f"{what} holds no images; expected images of shape {expected}.")
     images = np.concatenate(images)
-    if not np.all(np.isfinite(images)):
-        raise ValueError(f"{what} contains NaN or infinite values.")
+    _check_finite(images, what)
     return images
+
+
+def _check_finite(images, what):
+    """Raises a `ValueError` saying how many images hold NaN or infinity, and which."""
+    bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
+    if bad.size:
+        first = ", ".join(str(i) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"{what} contains NaN or infinite values in {bad.size} of {len(images)} images "
+            f"(indices {first}). Drop or repair those images."
+        )
+
+
+IMAGE_FILE_EXPECTED = (
+    "a .npy array or a .npz file with an `images` or `x` array of shape (N, H, W, C)"
+)
 
 
 def load_image_file(path):
     """Images saved with NumPy: a `.npy` array, or a `.npz` file's `images` or `x` array.
 
     A `.npz` file with neither key gives its first array. This is how calibration and
-    held-out images reach `chanattn export` from the command line.
+    held-out images reach `chanattn export` from the command line. Object arrays are
+    refused (loading them would run pickled code).
+
+    Returns:
+        The array, of rank 4 and a real numeric dtype.
 
     Raises:
-        ValueError: the `.npz` file holds no arrays.
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a readable `.npy`/`.npz` file (wrong extension, text,
+            truncated or corrupt), holds no arrays, an object array, or not `(N, H, W, C)`
+            numbers.
     """
-    data = np.load(path)
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        for key in ("images", "x", *data.files[:1]):
-            if key in data.files:
-                return data[key]
-    raise ValueError(f"{path} holds no arrays.")
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Image file {str(path)!r} does not exist; expected {IMAGE_FILE_EXPECTED}."
+        )
+    if path.is_dir() or path.suffix.lower() not in (".npy", ".npz"):
+        kind = "a folder" if path.is_dir() else "not a .npy or .npz file"
+        raise ValueError(f"Image file {str(path)!r} is {kind}; expected {IMAGE_FILE_EXPECTED}.")
+    array = _read_numpy(path)
+    if array.ndim != 4 or not _is_real(array.dtype):
+        raise ValueError(
+            f"Image file {str(path)!r} holds an array of shape {array.shape} and dtype "
+            f"{array.dtype}; expected {IMAGE_FILE_EXPECTED} holding numbers (one image: save "
+            "image[None])."
+        )
+    return array
+
+
+def _read_numpy(path):
+    """The array in `path` (a `.npz` file's `images`, `x` or first array), NumPy's errors
+    turned into one `ValueError` naming the file."""
+    import zipfile
+    import zlib
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            for key in ("images", "x", *data.files[:1]):
+                if key in data.files:
+                    return data[key]
+    except ValueError as err:
+        if str(err).startswith("Object arrays"):
+            problem = "holds an object array (pickled Python objects), which is not loaded"
+        else:
+            problem = "is not a NumPy file or is truncated or corrupt"
+        raise ValueError(
+            f"Image file {str(path)!r} {problem}; expected {IMAGE_FILE_EXPECTED}."
+        ) from None
+    except (EOFError, zipfile.BadZipFile, zlib.error, OSError) as err:
+        if isinstance(err, PermissionError):
+            raise
+        raise ValueError(
+            f"Image file {str(path)!r} is empty, truncated or corrupt ({type(err).__name__}: "
+            f"{err}); expected {IMAGE_FILE_EXPECTED}."
+        ) from None
+    raise ValueError(f"Image file {str(path)!r} holds no arrays; expected {IMAGE_FILE_EXPECTED}.")
+
+
+def _is_real(dtype):
+    return np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
 
 
 def value_range(*arrays):
