@@ -126,15 +126,36 @@ def int8_failures(ios, float_ops):
     return failures
 
 
+def check_output_margin(margin):
+    """`margin` as a float if it is a finite number `>= 0`; raises `ValueError` otherwise."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1e6:
+        raise ValueError(
+            f"`output_margin` must be a finite number >= 0 (the fraction to widen the int8 "
+            f"outputs' calibrated ranges by, e.g. 0.2), got {margin!r}."
+        )
+    return float(margin)
+
+
 def metric_failures(label, metrics, max_rel, min_top1, max_abs=None):
-    """The limits a `ComparisonMetrics` on `label` (e.g. "held-out images") breaks."""
+    """The limits a `ComparisonMetrics` on `label` (e.g. "held-out images") breaks.
+
+    The relative-error limit applies to `metrics.checked_relative_error`: with a quantised
+    output, the error once the output's clipping is taken out; top-1 agreement catches the
+    clipping that matters.
+    """
     failures = []
     if metrics.nonfinite_outputs:
         failures.append(f"{metrics.nonfinite_outputs} NaN/infinite TFLite outputs on {label}")
-    if max_rel is not None and not metrics.relative_error <= max_rel:
+    checked = metrics.checked_relative_error
+    if max_rel is not None and not checked <= max_rel:
         per_image = metrics.image_error_summary()
+        clipped = (
+            ""
+            if metrics.clipped_relative_error is None
+            else f" with the int8 output's clipping taken out ({metrics.relative_error:.3g} raw)"
+        )
         failures.append(
-            f"relative error on {label} {metrics.relative_error:.3g} > {max_rel:.3g} "
+            f"relative error on {label} {checked:.3g} > {max_rel:.3g}{clipped} "
             f"(max abs error {metrics.max_abs_error:.3g}"
             + (f"; {per_image})" if per_image else ")")
         )
@@ -148,20 +169,20 @@ def metric_failures(label, metrics, max_rel, min_top1, max_abs=None):
     return failures
 
 
-def calibration_hint(held_out, max_relative_error):
-    """A hint to calibrate on more images when int8 output clipping failed the held-out
-    relative-error check; `None` otherwise."""
+def calibration_hint(held_out, failures):
+    """A hint to calibrate on more images when a held-out check failed (among `failures`)
+    while some held-out images drove the int8 output beyond its range; `None` otherwise."""
     if (
         held_out is None
         or not held_out.saturated_images
-        or max_relative_error is None
-        or held_out.relative_error <= max_relative_error
+        or not any("on held-out" in failure for failure in failures)
     ):
         return None
     return (
         f"{held_out.saturated_images} of {held_out.samples} held-out images drive the "
         "model's output beyond the int8 range the calibration images set (relative "
-        f"error {held_out.clipped_relative_error:.3g} without that clipping): calibrate "
-        "on more images (num_calibration_samples; the CLI's --num-calibration), or on "
-        "images like these"
+        f"error {held_out.relative_error:.3g} with that clipping, "
+        f"{held_out.clipped_relative_error:.3g} without): calibrate on more images "
+        "(num_calibration_samples; the CLI's --num-calibration), or on images like these, "
+        "or widen the output range more (output_margin)"
     )

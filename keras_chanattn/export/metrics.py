@@ -36,6 +36,8 @@ class ComparisonMetrics:
             those ranges: what is left when the clipping is taken out (`None` when no
             output is quantised). Far below `relative_error`, the largest errors are the
             clipping's: calibrate on more images, or on images like the saturated ones.
+            This, not `relative_error`, is what the relative-error limit applies to when an
+            output is quantised (`checked_relative_error`).
     """
 
     samples: int
@@ -49,6 +51,30 @@ class ComparisonMetrics:
     worst_images: list = dataclasses.field(default_factory=list)
     saturated_images: int | None = None
     clipped_relative_error: float | None = None
+
+    @property
+    def checked_relative_error(self):
+        """The relative error the verification's limit applies to: `clipped_relative_error`
+        when an output is quantised (a reference value beyond the int8 output's range is
+        clipped to it before comparing, so one image whose logit clips does not fail an
+        export whose top-1 agrees), else `relative_error`."""
+        if self.clipped_relative_error is None:
+            return self.relative_error
+        return self.clipped_relative_error
+
+    def error_figures(self):
+        """`rel err X` for people, with the clipped error and count when an output is
+        quantised: `rel err 0.051 with the int8 output's clipping taken out (0.23 raw, 1
+        image clipped)`."""
+        if self.clipped_relative_error is None:
+            return f"rel err {self.relative_error:.3g}"
+        if not self.saturated_images:
+            return f"rel err {self.relative_error:.3g} (no image beyond the int8 output's range)"
+        plural = "" if self.saturated_images == 1 else "s"
+        return (
+            f"rel err {self.clipped_relative_error:.3g} with the int8 output's clipping taken "
+            f"out ({self.relative_error:.3g} raw, {self.saturated_images} image{plural} clipped)"
+        )
 
     def image_error_summary(self):
         """`relative error per image: median ..., 99th percentile ...; worst #i ...`, or ""

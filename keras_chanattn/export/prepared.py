@@ -5,6 +5,7 @@ verified against the same Keras outputs; `PreparedModel` computes each of them o
 them to `export_saved_model`, `export_tflite` and `export_artifacts` (pass `prepared=`).
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import numpy as np
 
 from keras_chanattn.export.inference import declared_float_ops, inference_model
+from keras_chanattn.export.precision import float32_model, float32_policy
 from keras_chanattn.export.saved_model import keras_outputs, write_saved_model
 
 
@@ -25,12 +27,16 @@ def _batch_key(batch):
 class PreparedModel:
     """The work every export of `model` shares, done on first use and kept.
 
-    - `export_model`, `inference_forms`: `inference_model(model)`, cloned once, so every
-      artefact comes from the same clone (the same layer names for op attribution).
+    - `float_model`, `cast_from`: `precision.float32_model(model)`: the model itself, or,
+      when it computes in a mixed or low precision policy, a float32 copy of it, and the
+      policy it was cast from (e.g. `"mixed_float16"`; `None` for a float32 model). Every
+      artefact comes from the float32 model and is checked against it.
+    - `export_model`, `inference_forms`: `inference_model(float_model)`, cloned once, so
+      every artefact comes from the same clone (the same layer names for op attribution).
     - `float_allowlist`: `declared_float_ops(export_model)`.
     - `saved_model(spec)`: a batch-1 SavedModel of `export_model` in a temporary directory,
       written once per image spec; every TFLite format converts it.
-    - `keras_outputs(images)`: `saved_model.keras_outputs(model, images)`, each batch
+    - `keras_outputs(images)`: `saved_model.keras_outputs(float_model, images)`, each batch
       computed once (looked up by its content), so the formats' verifications and the
       SavedModel's reload check share the Keras reference outputs.
 
@@ -39,6 +45,10 @@ class PreparedModel:
 
     Args:
         model: the Keras model every export is of.
+
+    Raises:
+        ValueError: a model in a mixed precision policy that cannot be rebuilt in float32
+            (`precision.float32_model`), or an invalid inference form.
 
     Example:
 
@@ -51,9 +61,13 @@ class PreparedModel:
 
     def __init__(self, model):
         self.model = model
-        self.export_model, self.inference_forms = inference_model(model)
+        self.float_model, policies = float32_model(model)
+        self.cast_from = ", ".join(policies) or None
+        with float32_policy():  # inference forms made float32 even under a global mixed policy
+            self.export_model, self.inference_forms = inference_model(self.float_model)
         self.float_allowlist = declared_float_ops(self.export_model)
         self._outputs = {}
+        self._cast_differences = {}
         self._saved_models = {}
         self._directory = None
 
@@ -66,16 +80,38 @@ class PreparedModel:
             )
 
     def keras_outputs(self, images, batch_size=32):
-        """The model's outputs on `images` in inference mode (as `saved_model.keras_outputs`,
-        in batches of `batch_size`), each batch computed once."""
+        """The float32 model's outputs on `images` in inference mode (as
+        `saved_model.keras_outputs`, in batches of `batch_size`), each batch computed once."""
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             key = _batch_key(batch)
             if key not in self._outputs:
-                self._outputs[key] = keras_outputs(self.model, batch, batch_size=len(batch))
+                self._outputs[key] = keras_outputs(self.float_model, batch, batch_size=len(batch))
             chunks.append(self._outputs[key])
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+    def cast_difference(self, images):
+        """`max |model - float32 copy| / max |float32 copy|` over the outputs on `images`:
+        what casting a mixed precision model to float32 changed; `None` when nothing was
+        cast."""
+        if self.cast_from is None:
+            return None
+        key = _batch_key(images)
+        if key not in self._cast_differences:
+            want = self.keras_outputs(images)
+            got = keras_outputs(self.model, images)
+            error = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+            scale = max(float(np.max(np.abs(w))) for w in want)
+            self._cast_differences[key] = error / max(scale, 1e-12)
+        return self._cast_differences[key]
+
+    def cast_notes(self, images):
+        """The report fields `cast_from` and `cast_relative_difference` (on `images`)."""
+        return {
+            "cast_from": self.cast_from,
+            "cast_relative_difference": self.cast_difference(images),
+        }
 
     def saved_model(self, spec):
         """The directory of a batch-1 SavedModel of `export_model` taking `spec` images,
@@ -103,9 +139,21 @@ class PreparedModel:
         self._directory = None
         self._saved_models.clear()
         self._outputs.clear()
+        self._cast_differences.clear()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+@contextlib.contextmanager
+def prepared_for(model, prepared=None):
+    """`prepared` (checked to be of `model`), or a `PreparedModel` of `model` for the block."""
+    if prepared is not None:
+        prepared.check_model(model)
+        yield prepared
+        return
+    with PreparedModel(model) as prepared:
+        yield prepared

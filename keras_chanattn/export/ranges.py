@@ -19,6 +19,10 @@ at most `2^-10` of the output's scale for ADD and SUB (`scale_in = MARGIN * 2^-1
 scale_out`), and for MUL at most `128 * scale_a * scale_b' / 2 = 2^-9` of it (`scale_a *
 scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
 
+`widen_output_ranges` gives the model's outputs a margin over the range the calibration
+images set (`OUTPUT_MARGIN`, 20% by default): an image whose logits lie a little beyond the
+calibration images' would otherwise clip at the int8 output's extreme code.
+
 `scale_ratio_problems` and `int8_scale_problems` check a quantised model against the same
 limits: the verification names them beside an op left outside XNNPACK, and
 `chanattn int8-limits FILE.tflite ...` lists them for any int8 file.
@@ -30,6 +34,10 @@ ADD_MIN_RATIO = 2.0**-10
 MUL_MIN_RATIO = 2.0**-16
 MAX_RATIO = 2.0**8  # the upper limit of both ratios: checked, not fitted
 MARGIN = 2.0  # widen to twice the limit: the quantiser nudges ranges to put 0 on the grid
+# The model outputs' calibrated ranges are widened by this fraction (away from 0).
+OUTPUT_MARGIN = 0.2
+# Ops whose int8 output has a fixed range, whatever was recorded.
+FIXED_RANGE_OPS = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
 
 
 def _range(minimum, maximum):
@@ -110,6 +118,57 @@ def _op_namer(model):
         return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
 
     return name
+
+
+def _producers(subgraph):
+    """`{tensor index: operator}` for the tensors the operators of `subgraph` produce."""
+    found = {}
+    for i in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(i)
+        for index in operator.OutputsAsNumpy():
+            found[int(index)] = operator
+    return found
+
+
+def widen_output_ranges(calibrated, margin=OUTPUT_MARGIN, float_outputs=()):
+    """Widens the recorded range of each model output by `margin`, away from 0.
+
+    The calibration images set the int8 output's range; a held-out image whose output lies
+    beyond it clips at the extreme code. Scaling `[min(lo, 0), max(hi, 0)]` by `1 + margin`
+    leaves room for such images, at the cost of a `1 + margin` times coarser output step.
+    Outputs of ops with a fixed int8 range (softmax, logistic, tanh) and of the declared
+    float ops are left alone.
+
+    Args:
+        calibrated: a calibrated float TFLite flatbuffer (`calibrate_only`).
+        margin: the fraction to widen by, `>= 0`. Defaults to `OUTPUT_MARGIN`.
+        float_outputs: output tensor names of the ops that stay in float. Defaults to `()`.
+
+    Returns:
+        `(flatbuffer, widened)`: a copy with the widened ranges, and one dict per widened
+        output: `tensor`, its `calibrated` and `widened` `[low, high]`.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not margin > 0:
+        return bytes(calibrated), []
+    buffer = bytearray(calibrated)
+    model = schema.Model.GetRootAs(buffer, 0)
+    subgraph = model.Subgraphs(0)
+    stats, producers = _tensor_stats(model, subgraph), _producers(subgraph)
+    op_name = _op_namer(model)
+    widened = []
+    for index in dict.fromkeys(int(i) for i in subgraph.OutputsAsNumpy()):
+        producer = producers.get(index)
+        if index not in stats or stats[index].name in float_outputs or stats[index].width == 0:
+            continue
+        if producer is not None and op_name(producer) in FIXED_RANGE_OPS:
+            continue
+        before = [float(stats[index].minimum[0]), float(stats[index].maximum[0])]
+        stats[index].widen(1.0 + margin)
+        after = [float(stats[index].minimum[0]), float(stats[index].maximum[0])]
+        widened.append({"tensor": stats[index].name, "calibrated": before, "widened": after})
+    return bytes(buffer), widened
 
 
 def fit_xnnpack_ranges(calibrated, float_outputs=()):

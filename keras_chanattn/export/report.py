@@ -31,7 +31,13 @@ class VerificationReport(CheckReport):
         widened_ranges: in int8, the calibrated ranges widened to XNNPACK's scale limits
             before quantisation (`keras_chanattn.export.ranges`), as `{"tensor", "layer",
             "op", "before", "limit", "factor"}`; filled by `export_tflite`.
-        held_out: metrics on the held-out images.
+        output_margin: in int8, the fraction the outputs' calibrated ranges were widened by
+            (`export.ranges.widen_output_ranges`); `None` in the other formats.
+        widened_outputs: in int8, each output widened, as `{"tensor", "calibrated",
+            "widened"}` (`[low, high]` before and after).
+        held_out: metrics on the held-out images; with an int8 output, the relative-error
+            limit applies to its `checked_relative_error` (the output's clipping taken
+            out), and `relative_error` keeps the raw worst error.
         held_out_source: where those images came from.
         probes: metrics on the out-of-distribution probes.
         probe_names: the probes, in order.
@@ -40,6 +46,11 @@ class VerificationReport(CheckReport):
         failures: the failed checks; empty when the model passed.
         hints: when a check failed, what the model's layers suggest trying (their
             `export_hint`); empty otherwise.
+        cast_from: the mixed precision policy (e.g. `"mixed_float16"`) the model was cast
+            from to float32 for export, or `None`; the checks then compare with the float32
+            copy (`PreparedModel.float_model`).
+        cast_relative_difference: with `cast_from`, `max |model - float32 copy| / max
+            |float32 copy|` on the held-out images: what the cast itself changed.
     """
 
     quantization: str
@@ -57,6 +68,8 @@ class VerificationReport(CheckReport):
     float_allowlist: dict = dataclasses.field(default_factory=dict)
     inference_forms: list = dataclasses.field(default_factory=list)
     widened_ranges: list = dataclasses.field(default_factory=list)
+    output_margin: float | None = None
+    widened_outputs: list = dataclasses.field(default_factory=list)
     held_out: ComparisonMetrics | None = None
     held_out_source: str = ""
     probes: ComparisonMetrics | None = None
@@ -65,6 +78,8 @@ class VerificationReport(CheckReport):
     thresholds: VerificationThresholds | None = None
     failures: list = dataclasses.field(default_factory=list)
     hints: list = dataclasses.field(default_factory=list)
+    cast_from: str | None = None
+    cast_relative_difference: float | None = None
 
     def summary(self):
         """A few lines for people: the figures that decide whether the export is usable."""
@@ -78,7 +93,7 @@ class VerificationReport(CheckReport):
                 top1 = "n/a" if metrics.top1_agreement is None else f"{metrics.top1_agreement:.3f}"
                 lines.append(
                     f"  {label} ({metrics.samples}): max abs err {metrics.max_abs_error:.3g}, "
-                    f"rel err {metrics.relative_error:.3g}, top-1 agreement {top1}"
+                    f"{metrics.error_figures()}, top-1 agreement {top1}"
                 )
                 per_image = metrics.image_error_summary()
                 if per_image:
@@ -91,6 +106,14 @@ class VerificationReport(CheckReport):
         if self.widened_ranges:
             widened = [f"{w['op']} ({w['layer']}) x{w['factor']:.3g}" for w in self.widened_ranges]
             lines.append(f"  int8 ranges widened for XNNPACK: {', '.join(widened)}")
+        if self.widened_outputs:
+            margin = f"{self.output_margin:.0%}"
+            lines.append(f"  int8 output range widened by {margin} over the calibration's")
+        if self.cast_from:
+            lines.append(
+                f"  exported from a float32 copy of the {self.cast_from} model (relative "
+                f"difference {self.cast_relative_difference:.3g} on the held-out images)"
+            )
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
         lines.extend(f"  hint: {hint}" for hint in self.hints)
         return "\n".join(lines)

@@ -8,7 +8,6 @@ import numpy as np
 
 from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.files import atomic_output, check_output_path
-from keras_chanattn.export.inference import inference_model
 from keras_chanattn.images import as_images, image_input_spec, synthetic_images
 
 # Name of the signature's input argument (and of the TFLite input).
@@ -86,6 +85,11 @@ class SavedModelReport(CheckReport):
         relative_error: `max_abs_error / max |Keras output|`.
         tolerance: the relative error allowed.
         failures: the failed checks (empty when it passed).
+        cast_from: the mixed precision policy the model was cast from to float32 for
+            export (e.g. `"mixed_float16"`), or `None`; the check then compares with the
+            float32 copy.
+        cast_relative_difference: with `cast_from`, `max |model - float32 copy| / max
+            |float32 copy|` on the check images: what the cast changed.
     """
 
     path: str
@@ -98,6 +102,8 @@ class SavedModelReport(CheckReport):
     relative_error: float
     tolerance: float
     failures: list = dataclasses.field(default_factory=list)
+    cast_from: str | None = None
+    cast_relative_difference: float | None = None
 
 
 def check_saved_model(directory, model, spec, batch_size, images, tolerance, reference=None):
@@ -171,7 +177,9 @@ def export_saved_model(
     Layers with an inference form are first replaced by it (see `inference_model`); the
     signature runs the model in inference mode. The SavedModel is written to a temporary
     directory beside `path`, reloaded with `tf.saved_model.load`, its `serving_default`
-    signature compared with the ORIGINAL Keras model, and only then renamed to `path`.
+    signature compared with the ORIGINAL Keras model, and only then renamed to `path`. A
+    model computing in a mixed precision policy (`mixed_float16`, `mixed_bfloat16`) is
+    exported from a float32 copy (`PreparedModel`), and compared with that copy.
 
     Args:
         model: a Keras model with one NHWC image input.
@@ -185,6 +193,8 @@ def export_saved_model(
             `keras_chanattn.images`). Defaults to `None`: smooth random images.
         tolerance: largest relative error (`max |SavedModel - Keras| / max |Keras|`) the
             check accepts. Defaults to `1e-4`.
+        prepared: a `PreparedModel` of `model` shared with other exports. Defaults to
+            `None`: one for this call.
 
     Returns:
         A `SavedModelReport`.
@@ -201,36 +211,34 @@ def export_saved_model(
     >>> report.relative_error < 1e-4
     True
     """
+    from keras_chanattn.export.prepared import prepared_for  # it imports this module
+
     path = check_output_path(path, overwrite, "directory")
     batch_size = _check_batch_size(batch_size)
     spec = image_input_spec(model, image_size, require_static=False)
     check_spec = spec if spec.is_static else image_input_spec(model, (32, 32))
     images = _check_images(check_data, check_spec, batch_size)
-    if prepared is None:
-        export_model, forms = inference_model(model)
-    else:
-        prepared.check_model(model)
-        forms = prepared.inference_forms
-    with atomic_output(path, overwrite, kind="directory") as tmp:
-        if prepared is None:
-            write_saved_model(export_model, tmp, spec, batch_size)
-        else:
-            prepared.write_saved_model(tmp, spec, batch_size)
+    with (
+        prepared_for(model, prepared) as prepared,
+        atomic_output(path, overwrite, "directory") as tmp,
+    ):
+        prepared.write_saved_model(tmp, spec, batch_size)
         samples, max_abs, relative, failures = check_saved_model(
-            tmp, model, spec, batch_size, images, tolerance,
-            reference=prepared.keras_outputs if prepared is not None else None,
-        )  # fmt: skip
+            tmp, model, spec, batch_size, images, tolerance, reference=prepared.keras_outputs
+        )
         report = SavedModelReport(
             path=path,
             signature=SIGNATURE_KEY,
             input_shape=list(spec.batch_shape(batch_size)),
             input_dtype=spec.dtype,
-            inference_forms=forms,
+            inference_forms=prepared.inference_forms,
             check_samples=samples,
             max_abs_error=max_abs,
             relative_error=relative,
             tolerance=tolerance,
             failures=failures,
+            cast_from=prepared.cast_from,
+            cast_relative_difference=prepared.cast_difference(images[:samples]),
         )
         if failures:
             raise ExportVerificationError(report)

@@ -19,17 +19,20 @@ Formats:
   `widened_ranges` lists them).
 """
 
-import contextlib
 import re
 
 from keras_chanattn._compat.tf_converter import calibrate_only, quantize_calibrated
-from keras_chanattn.export.checks import check_quantization, resolve_thresholds
+from keras_chanattn.export.checks import (
+    check_output_margin,
+    check_quantization,
+    resolve_thresholds,
+)
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_bytes, write_text
 from keras_chanattn.export.graph import attribute_layer, operator_outputs
 from keras_chanattn.export.inference import layer_names
-from keras_chanattn.export.prepared import PreparedModel
-from keras_chanattn.export.ranges import fit_xnnpack_ranges
+from keras_chanattn.export.prepared import prepared_for
+from keras_chanattn.export.ranges import OUTPUT_MARGIN, fit_xnnpack_ranges, widen_output_ranges
 from keras_chanattn.export.verify import held_out_images, run_verification
 from keras_chanattn.images import as_images, image_input_spec, value_range
 
@@ -63,12 +66,14 @@ def _converter(saved_model, quantization, calibration):
     return converter
 
 
-def _convert_int8(converter, export_model, float_allowlist):
-    """Calibrates, widens the ranges XNNPACK's int8 kernels cannot take
-    (`export.ranges`), then quantises with the declared float ops deny-listed.
+def _convert_int8(converter, export_model, float_allowlist, output_margin):
+    """Calibrates, widens the outputs' ranges by `output_margin` and the ranges XNNPACK's
+    int8 kernels cannot take (`export.ranges`), then quantises with the declared float ops
+    deny-listed.
 
     Returns:
-        `(flatbuffer, widened ranges)`.
+        `(flatbuffer, notes)`: `notes` holds the report's `widened_ranges`,
+        `widened_outputs` and `output_margin`.
     """
     calibrated = calibrate_only(converter)
     float_nodes = (
@@ -76,8 +81,10 @@ def _convert_int8(converter, export_model, float_allowlist):
         if float_allowlist
         else []
     )
+    calibrated, outputs = widen_output_ranges(calibrated, output_margin, float_nodes)
     calibrated, widened = fit_xnnpack_ranges(calibrated, float_nodes)
-    return quantize_calibrated(converter, calibrated, float_nodes), widened
+    notes = {"widened_ranges": widened, "widened_outputs": outputs, "output_margin": output_margin}
+    return quantize_calibrated(converter, calibrated, float_nodes), notes
 
 
 def _conversion_error(error, export_model, quantization):
@@ -93,26 +100,16 @@ def _conversion_error(error, export_model, quantization):
     )
 
 
-@contextlib.contextmanager
-def _prepared(model, prepared):
-    """`prepared` (checked to be of `model`), or a `PreparedModel` of `model` for this call."""
-    if prepared is not None:
-        prepared.check_model(model)
-        yield prepared
-        return
-    with PreparedModel(model) as prepared:
-        yield prepared
-
-
-def _convert(prepared, spec, quantization, calibration):
-    """`(flatbuffer, widened ranges)` of the prepared inference form, from its batch-1
-    SavedModel (`PreparedModel.saved_model`)."""
+def _convert(prepared, spec, quantization, calibration, output_margin):
+    """`(flatbuffer, notes)` of the prepared inference form, from its batch-1 SavedModel
+    (`PreparedModel.saved_model`); `notes`: what the int8 conversion widened
+    (`_convert_int8`), `{}` in the other formats."""
     export_model = prepared.export_model
     converter = _converter(prepared.saved_model(spec), quantization, calibration)
     try:
         if quantization == "int8":
-            return _convert_int8(converter, export_model, prepared.float_allowlist)
-        return converter.convert(), []
+            return _convert_int8(converter, export_model, prepared.float_allowlist, output_margin)
+        return converter.convert(), {}
     except Exception as error:  # the converter raises several unrelated types
         raise _conversion_error(error, export_model, quantization) from error
 
@@ -165,6 +162,7 @@ def convert_tflite(
     image_size=None,
     num_calibration_samples=200,
     prepared=None,
+    output_margin=OUTPUT_MARGIN,
 ):
     """Converts `model` to a TFLite flatbuffer (no verification, nothing written).
 
@@ -174,12 +172,13 @@ def convert_tflite(
         The flatbuffer, as `bytes`.
     """
     check_quantization(quantization)
+    output_margin = check_output_margin(output_margin)
     spec = image_input_spec(model, image_size)
     calibration = _calibration_images(
         quantization, representative_data, spec, num_calibration_samples
     )
-    with _prepared(model, prepared) as prepared:
-        return _convert(prepared, spec, quantization, calibration)[0]
+    with prepared_for(model, prepared) as prepared:
+        return _convert(prepared, spec, quantization, calibration, output_margin)[0]
 
 
 def export_tflite(
@@ -200,6 +199,7 @@ def export_tflite(
     num_threads=2,
     seed=0,
     prepared=None,
+    output_margin=OUTPUT_MARGIN,
 ):
     """Converts `model` to TFLite, verifies the result (`verify_tflite`'s checks), and writes
     it atomically. Layers with an inference form are replaced by it first; a failed check
@@ -230,6 +230,9 @@ def export_tflite(
         seed: seed of the synthetic images and probes. Defaults to `0`.
         prepared: a `PreparedModel` of `model`, shared by its exports (one SavedModel for
             every format, the Keras outputs once). Defaults to `None`: one for this call.
+        output_margin: in int8, widen the outputs' calibrated ranges by this fraction, so
+            that outputs a little beyond the calibration images' do not clip. Defaults to
+            `OUTPUT_MARGIN` (`0.2`).
 
     Returns:
         The `VerificationReport`, with `path` set.
@@ -246,19 +249,20 @@ def export_tflite(
     >>> print(report.summary())
     """
     thresholds = resolve_thresholds(quantization, thresholds)
+    output_margin = check_output_margin(output_margin)
     path, report_path = _output_paths(path, report_path, overwrite)
     spec = image_input_spec(model, image_size)
     calibration, held_out, source, data_range = _images(
         quantization, representative_data, validation_data, spec, num_calibration_samples,
         max_validation_samples, seed,
     )  # fmt: skip
-    with _prepared(model, prepared) as prepared:
-        tflite_bytes, widened = _convert(prepared, spec, quantization, calibration)
+    with prepared_for(model, prepared) as prepared:
+        tflite_bytes, notes = _convert(prepared, spec, quantization, calibration, output_margin)
         report = run_verification(
             tflite_bytes, model, quantization, spec, held_out, source, data_range,
             export_model=prepared.export_model, inference_forms=prepared.inference_forms,
             float_allowlist=prepared.float_allowlist, thresholds=thresholds, probes=probes,
-            num_threads=num_threads, seed=seed, widened_ranges=widened,
-            reference=prepared.keras_outputs,
+            num_threads=num_threads, seed=seed, widened_ranges=notes.pop("widened_ranges", ()),
+            reference=prepared.keras_outputs, notes=notes | prepared.cast_notes(held_out),
         )  # fmt: skip
     return _write_outputs(report, tflite_bytes, path, report_path, overwrite, enforce)

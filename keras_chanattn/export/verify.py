@@ -39,14 +39,10 @@ from keras_chanattn.export.checks import (
 )
 from keras_chanattn.export.errors import ExportVerificationError
 from keras_chanattn.export.graph import PartitionGraph, attribute_layer, flatbuffer_ops
-from keras_chanattn.export.inference import (
-    declared_float_ops,
-    export_hints,
-    inference_model,
-    layer_names,
-)
+from keras_chanattn.export.inference import export_hints, layer_names
 from keras_chanattn.export.litert import io_details, make_interpreter, run_tflite, signature_io
 from keras_chanattn.export.metrics import ComparisonMetrics, compare_outputs, quantized_range
+from keras_chanattn.export.prepared import PreparedModel
 from keras_chanattn.export.report import VerificationReport
 from keras_chanattn.export.saved_model import keras_outputs
 from keras_chanattn.images import (
@@ -181,12 +177,14 @@ def run_verification(
     seed=0,
     widened_ranges=(),
     reference=None,
+    notes=None,
 ):
     """The checks behind `verify_tflite`, on prepared inputs; returns the report (never raises
     `ExportVerificationError`). `widened_ranges` are the conversion's (`fit_xnnpack_ranges`),
     recorded with the layer each tensor belongs to. `reference(images)` gives the Keras
     outputs: `keras_outputs` of `model` when `None` (a `PreparedModel.keras_outputs` shares
-    them between formats)."""
+    them between formats). `notes`: other report fields to set, `{name: value}` (the
+    conversion's `output_margin`, a cast's `cast_from`...)."""
     thresholds = resolve_thresholds(quantization, thresholds)
     known_layers = layer_names(export_model)
     report = VerificationReport(
@@ -200,6 +198,7 @@ def run_verification(
         ],
         held_out_source=held_out_source,
         thresholds=thresholds,
+        **(notes or {}),
     )
     report.op_counts, report.custom_ops = flatbuffer_ops(tflite_bytes)
     report.failures += custom_op_failures(report.custom_ops)
@@ -216,7 +215,7 @@ def run_verification(
     _compare(report, reference, interpreter, image_sets)
     if report.failures:
         report.hints = export_hints(model, quantization)
-        hint = calibration_hint(report.held_out, thresholds.max_relative_error)
+        hint = calibration_hint(report.held_out, report.failures)
         if hint:
             report.hints.append(hint)
     return report
@@ -242,7 +241,8 @@ def verify_tflite(
 
     See the module docstring for what is checked. `export_tflite` calls this after every
     conversion; call it yourself on a `.tflite` made elsewhere. The Keras side is always
-    the ORIGINAL model (not its inference forms), in inference mode.
+    the ORIGINAL model (not its inference forms), in inference mode; for a model computing
+    in a mixed precision policy, its float32 copy (`PreparedModel.float_model`).
 
     Args:
         tflite: the flatbuffer, as `bytes` or a path.
@@ -288,14 +288,16 @@ def verify_tflite(
     held_out = as_images(validation_data, spec, "validation_data", max_validation_samples)
     data_range = data_range or value_range(held_out)
     held_out, source = held_out_images(held_out, spec, data_range, seed)
-    export_model, forms = inference_model(model)
-    if float_allowlist is None:
-        float_allowlist = declared_float_ops(export_model)
-    report = run_verification(
-        tflite, model, quantization, spec, held_out, source, data_range,
-        export_model=export_model, inference_forms=forms, float_allowlist=float_allowlist,
-        thresholds=thresholds, probes=probes, num_threads=num_threads, seed=seed,
-    )  # fmt: skip
+    with PreparedModel(model) as prepared:
+        if float_allowlist is None:
+            float_allowlist = prepared.float_allowlist
+        report = run_verification(
+            tflite, model, quantization, spec, held_out, source, data_range,
+            export_model=prepared.export_model, inference_forms=prepared.inference_forms,
+            float_allowlist=float_allowlist, thresholds=thresholds, probes=probes,
+            num_threads=num_threads, seed=seed, reference=prepared.keras_outputs,
+            notes=prepared.cast_notes(held_out),
+        )  # fmt: skip
     report.path = path
     if enforce and report.failures:
         raise ExportVerificationError(report)
