@@ -74,10 +74,15 @@ def preset_input_shape(backbone, image_size=None, **builder_kwargs):
 
 
 def load_model_files(paths):
-    """`{label: model}` from `.keras` files, each labelled by its file name without extension."""
-    import keras
+    """`{label: model}` from `.keras` files, each labelled by its file name without extension.
 
-    return {pathlib.Path(path).stem: keras.saving.load_model(path) for path in paths}
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a file is not a readable `.keras` model (`model_files.load_model_file`).
+    """
+    from keras_chanattn.model_files import load_model_file
+
+    return {pathlib.Path(path).stem: load_model_file(path) for path in paths}
 
 
 def _checked_blocks(blocks):
