@@ -160,8 +160,9 @@ def as_images(data, spec, what, limit=None):
         A float32 array `(N, H, W, C)` with `N >= 1`, or `None`.
 
     Raises:
-        ValueError: images of another shape than `spec`'s, no images, or non-finite values;
-            the message names the expected shape.
+        ValueError: images of another shape than `spec`'s, a bare 3-D array (one image or
+            grey images without a channel axis: ambiguous), no images, or non-finite values
+            (counted, with the first indices); the message names the expected shape.
     """
     if data is None:
         return None
