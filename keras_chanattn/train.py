@@ -360,7 +360,8 @@ def _plan_out_dir(out_dir, config, overwrite):
     if finished is not None and not overwrite:
         known = "epochs" in finished and "val_accuracy" in finished
         what = (
-            f"{finished['epochs']} epochs, validation accuracy {finished['val_accuracy']:.4f}"
+            f"{finished['epochs']} epoch{'s' * (finished['epochs'] != 1)}, validation accuracy "
+            f"{finished['val_accuracy']:.4f}"
             if known
             else "its summary is unreadable"
         )
@@ -517,8 +518,8 @@ def _fit(build_model, data, config, folder, strategy, verbose, callbacks):
         hint = (
             f" {folder.out} keeps the run it held before."
             if folder.staged
-            else f" {folder.out} keeps the last finite epoch: rerun with the same config to "
-            "resume it, or pass overwrite=True to start over with another config."
+            else f" Nothing from this epoch was saved to {folder.out}: a rerun with the same "
+            "config resumes from its last saved epoch; overwrite=True starts over."
         )
     timer = _Timer()
     all_callbacks = [_StopOnNonFiniteLoss(config.learning_rate, hint), timer, *callbacks]
