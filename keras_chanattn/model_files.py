@@ -9,6 +9,7 @@ turns any failure to read the file into one `ValueError` line naming the file an
 
 import json
 import os
+import re
 import zipfile
 import zlib
 
@@ -65,8 +66,12 @@ def _cause(error):
         return f"its config.json is not valid JSON: {error.msg} at character {error.pos}"
     if isinstance(error, KeyError) and "config.json" in text:
         return "the archive holds no config.json"
-    if "Could not locate" in text:
-        return f"it names a class Keras does not know (import or register it first): {text}"
+    unknown = re.search(r"Could not (?:locate class|deserialize) '([^']+)'", text)
+    if unknown:
+        return (
+            f"it names a class Keras does not know, {unknown.group(1)!r}: import the module "
+            "that registers it, or pass custom_objects"
+        )
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
