@@ -12,9 +12,13 @@ from keras_chanattn.layers.common import (
     GATE_ACTIVATIONS,
     AttentionLayer,
     channels_from_shape,
+    check_bn_momentum,
+    check_bool,
+    check_channels_last,
     check_choice,
     check_positive_float,
     check_positive_int,
+    check_ratio,
     expand_hw,
     gate,
     spatial_max,
@@ -38,16 +42,6 @@ def check_odd_kernel_size(value):
             f"by (k - 1) // 2 on each side), got {value}. Use {value + 1} or {value - 1}."
         )
     return value
-
-
-def check_bn_momentum(value):
-    """Raises `ValueError` unless `value` is a BatchNorm momentum in [0, 1), Keras convention."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`bn_momentum` must be a number in [0, 1) (Keras convention: PyTorch's momentum "
-            f"m is 1 - m here, so the reference's 0.01 is 0.99), got {value!r}."
-        )
-    return float(value)
 
 
 def z_pool_maps(x, axis=-1):
@@ -145,13 +139,14 @@ class ConvGate(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.kernel_size = check_odd_kernel_size(kernel_size)
-        self.batch_norm = bool(batch_norm)
+        self.batch_norm = check_bool("batch_norm", batch_norm)
         self.bn_momentum = check_bn_momentum(bn_momentum)
         self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
-        self.bn_zero_gamma = bool(bn_zero_gamma)
-        self.synchronized = bool(synchronized)
+        self.bn_zero_gamma = check_bool("bn_zero_gamma", bn_zero_gamma)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
+        check_channels_last("ConvGate")
         shape = tuple(input_shape)
         if len(shape) == 2 and all(isinstance(s, (list, tuple)) for s in shape):
             valid = all(len(s) == 4 and s[-1] == 1 for s in shape)
@@ -245,7 +240,7 @@ def _require_built(layer):
 def channel_arguments(reduction=16, min_channels=8, divisor=None, gate_activation="sigmoid"):
     """Validated constructor arguments of `ChannelAttention`, as a config dict."""
     return {
-        "reduction": check_positive_float("reduction", reduction),
+        "reduction": check_ratio("reduction", reduction),
         "min_channels": check_positive_int("min_channels", min_channels),
         "divisor": None if divisor is None else check_positive_int("divisor", divisor),
         "gate_activation": check_choice("gate_activation", gate_activation, GATE_ACTIVATIONS),
@@ -264,8 +259,8 @@ def spatial_arguments(
         "kernel_size": check_odd_kernel_size(kernel_size),
         "bn_momentum": check_bn_momentum(bn_momentum),
         "bn_epsilon": check_positive_float("bn_epsilon", bn_epsilon),
-        "bn_zero_gamma": bool(bn_zero_gamma),
-        "synchronized": bool(synchronized),
+        "bn_zero_gamma": check_bool("bn_zero_gamma", bn_zero_gamma),
+        "synchronized": check_bool("synchronized", synchronized),
     }
 
 

@@ -1,8 +1,11 @@
 """Helpers shared by the attention families: input checks, pooling statistics, gates."""
 
+import functools
 import math
+import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 # Gate activations a block may use, by name. Names (not functions) are stored in configs so
@@ -23,27 +26,134 @@ def make_divisible(value, divisor=8, min_value=None, round_limit=0.9):
     return rounded
 
 
+def _type_note(value):
+    """`" (str)"` for a value of the wrong type, to show why `'8'` or `2.0` was refused."""
+    return "" if isinstance(value, (bool, numbers.Number)) else f" ({type(value).__name__})"
+
+
 def check_positive_int(name, value, minimum=1):
-    """Raises `ValueError` unless `value` is an integer >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return value
+    """Raises `ValueError` unless `value` is an integer >= `minimum`; returns it as `int`.
+
+    Bools are refused (`True` is not a count); NumPy integers are accepted.
+    """
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        hint = ""
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            hint = f" Pass {name}={int(value)} (an int, not a float)."
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}, got {value!r}{_type_note(value)}.{hint}"
+        )
+    return int(value)
+
+
+def check_number(name, value, minimum=None, exclusive=True):
+    """Raises `ValueError` unless `value` is a finite real number in range; returns a float.
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value given.
+        minimum: the lower bound, or `None` for any finite number.
+        exclusive: whether the bound itself is refused (`> minimum`) or accepted
+            (`>= minimum`).
+    """
+    bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum:g}"
+    valid = (
+        not isinstance(value, (bool, np.bool_))
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
+    if valid and minimum is not None:
+        valid = value > minimum if exclusive else value >= minimum
+    if not valid:
+        raise ValueError(
+            f"`{name}` must be a finite number{bound}, got {value!r}{_type_note(value)}."
+        )
+    return float(value)
 
 
 def check_positive_float(name, value):
-    """Raises `ValueError` unless `value` is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    """Raises `ValueError` unless `value` is a finite number > 0; returns it as `float`."""
+    return check_number(name, value, minimum=0)
+
+
+def check_ratio(name, value):
+    """Raises `ValueError` unless `value` is a finite reduction ratio >= 1 (`C -> C / r`)."""
+    return check_number(name, value, minimum=1, exclusive=False)
+
+
+def check_bool(name, value):
+    """Raises `ValueError` unless `value` is `True` or `False`; returns it as `bool`.
+
+    A truthiness test would take `"no"` (or `"False"` from a text config) for `True`.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"`{name}` must be True or False, got {value!r}{_type_note(value)}. "
+            f"Pass a bool, e.g. {name}=False."
+        )
+    return bool(value)
+
+
+def check_bn_momentum(value):
+    """Raises `ValueError` unless `value` is a BatchNorm momentum in [0, 1), Keras convention."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not 0.0 <= value < 1.0
+    ):
+        raise ValueError(
+            f"`bn_momentum` must be a number in [0, 1) (Keras convention: PyTorch's momentum "
+            f"m is 1 - m here, so the reference's 0.01 is 0.99), got {value!r}."
+        )
     return float(value)
 
 
 def check_choice(name, value, choices):
     """Raises `ValueError` unless `value` is one of `choices`."""
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
     return value
+
+
+def check_channels_last(what):
+    """Raises `ValueError` unless Keras' global image data format is `"channels_last"`.
+
+    The blocks and builders work on NHWC maps (TFLite's layout); under
+    `"channels_first"` the convolutions around them would produce NCHW maps that the
+    blocks would read as NHWC. `what` names the layer or builder for the message.
+    """
+    data_format = keras.config.image_data_format()
+    if data_format != "channels_last":
+        raise ValueError(
+            f"{what} takes channels-last (NHWC) feature maps, (batch, height, width, "
+            f"channels): keras_chanattn's attention blocks and model builders are NHWC only, "
+            f"but keras.config.image_data_format() is {data_format!r}. Call "
+            'keras.config.set_image_data_format("channels_last") before building, and '
+            "transpose channels-first data with keras.ops.transpose(x, (0, 2, 3, 1))."
+        )
+
+
+def channels_first_hint(shape):
+    """A sentence for a build error when `shape` looks like NCHW read as NHWC, else `""`.
+
+    Only used in messages of errors raised anyway: `(None, 64, 8, 8)` is also a valid NHWC
+    map (64 rows, 8 columns, 8 channels), so a shape alone never justifies an error.
+    """
+    shape = tuple(shape)
+    if len(shape) != 4 or None in shape[1:]:
+        return ""
+    _, first, height, width = shape
+    if first > width and height == width:
+        return (
+            f" The shape {shape} looks channels-first (batch, channels, height, width); the "
+            "blocks take (batch, height, width, channels): transpose it with "
+            "keras.ops.transpose(x, (0, 2, 3, 1))."
+        )
+    return ""
 
 
 def channels_from_shape(layer, input_shape):
@@ -51,7 +161,9 @@ def channels_from_shape(layer, input_shape):
 
     Attention blocks work on 4-D feature maps `(batch, height, width, channels)` whose
     channel dimension is known when the layer is built; height and width may be unknown.
+    Keras' global image data format must be `"channels_last"` (see `check_channels_last`).
     """
+    check_channels_last(type(layer).__name__)
     shape = tuple(input_shape)
     if len(shape) != 4:
         raise ValueError(
@@ -64,6 +176,11 @@ def channels_from_shape(layer, input_shape):
         raise ValueError(
             f"{type(layer).__name__} needs a known channel dimension, got shape {shape}. "
             "Give the model input a fixed number of channels, e.g. keras.Input((None, None, 3))."
+        )
+    if channels < 1:
+        raise ValueError(
+            f"{type(layer).__name__} needs at least 1 channel, got shape {shape}. Apply it "
+            "to a feature map with channels, e.g. keras.Input((None, None, 3))."
         )
     return int(channels)
 
@@ -124,23 +241,51 @@ def style_moments(x, epsilon=1e-5, unbiased=True, keepdims=True):
     return mean, ops.sqrt(var + epsilon)
 
 
-def config_activation(value):
+def config_activation(value, name="activation"):
     """Accepts an activation given by name and returns the name (JSON-serialisable)."""
     if not isinstance(value, str):
         raise ValueError(
-            f"Activations are given by name (a string such as 'relu'), got {value!r}. "
+            f"Activations are given by name (a string such as 'relu'), got `{name}`={value!r}. "
             "A Python function cannot be saved in the layer's config."
         )
-    keras.activations.get(value)  # raises for an unknown name
+    try:
+        keras.activations.get(value)
+    except ValueError:
+        raise ValueError(
+            f"`{name}` must name a Keras activation (e.g. 'relu', 'swish', 'gelu'), got {value!r}."
+        ) from None
     return value
+
+
+def _cast_non_float_inputs(call):
+    """Wraps a block's `call` so that a non-float input is first cast to the compute dtype.
+
+    Keras autocasts float inputs only, so an image decoded as uint8 would reach the
+    block's arithmetic as integers (TensorFlow refuses `int * float`; integer statistics
+    truncate). Casting once here gives integer inputs the float path's results.
+    """
+
+    @functools.wraps(call)
+    def wrapper(self, inputs, *args, **kwargs):
+        dtype = getattr(inputs, "dtype", None)
+        if dtype is not None and not keras.backend.is_float_dtype(
+            keras.backend.standardize_dtype(dtype)
+        ):
+            inputs = ops.cast(inputs, self.compute_dtype)
+        return call(self, inputs, *args, **kwargs)
+
+    wrapper.casts_non_float_inputs = True
+    return wrapper
 
 
 class AttentionLayer(keras.layers.Layer):
     """Base class of the attention blocks: shape-preserving layers on NHWC feature maps.
 
     Subclasses create their weights in `build` (after `channels_from_shape`) and write `call`
-    with `keras.ops`. `inference_layer()` returns the form used for export; blocks with a
-    cheaper equivalent graph (BatchNorm folded, say) override it.
+    with `keras.ops`; a non-float input (a uint8 image, say) reaches `call` already cast to
+    the layer's compute dtype, so integer inputs give the float inputs' results.
+    `inference_layer()` returns the form used for export; blocks with a cheaper equivalent
+    graph (BatchNorm folded, say) override it.
 
     What is particular to a block is declared on its class, so that no other module keeps
     a per-block list:
@@ -154,6 +299,13 @@ class AttentionLayer(keras.layers.Layer):
     """
 
     paper_figures = {}
+
+    def __init_subclass__(cls, **kwargs):
+        # Every block's own `call` casts integer (or bool) inputs to its compute dtype.
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("call")
+        if call is not None and not getattr(call, "casts_non_float_inputs", False):
+            cls.call = _cast_non_float_inputs(call)
 
     @classmethod
     def small_network_kwargs(cls, channels=16):

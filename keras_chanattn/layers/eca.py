@@ -10,6 +10,7 @@ from keras_chanattn.layers.common import (
     AttentionLayer,
     channels_from_shape,
     check_choice,
+    check_number,
     check_positive_float,
     check_positive_int,
     expand_hw,
@@ -64,7 +65,7 @@ class EfficientChannelAttention(AttentionLayer):
     def __init__(self, kernel_size=None, gamma=2.0, b=1.0, gate_activation="sigmoid", **kwargs):
         super().__init__(**kwargs)
         if kernel_size is not None:
-            check_positive_int("kernel_size", kernel_size)
+            kernel_size = check_positive_int("kernel_size", kernel_size)
             if kernel_size % 2 == 0:
                 raise ValueError(
                     f"`kernel_size` must be odd so the channel convolution is centred, got "
@@ -72,9 +73,7 @@ class EfficientChannelAttention(AttentionLayer):
                 )
         self.kernel_size = kernel_size
         self.gamma = check_positive_float("gamma", gamma)
-        if isinstance(b, bool) or not isinstance(b, (int, float)):
-            raise ValueError(f"`b` must be a number, got {b!r}.")
-        self.b = float(b)
+        self.b = check_number("b", b)
         self.gate_activation = check_choice("gate_activation", gate_activation, GATE_ACTIVATIONS)
 
     def build(self, input_shape):

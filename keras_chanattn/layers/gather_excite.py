@@ -7,9 +7,12 @@ from keras_chanattn.layers.common import (
     GATE_ACTIVATIONS,
     AttentionLayer,
     channels_from_shape,
+    check_bn_momentum,
+    check_bool,
     check_choice,
     check_positive_float,
     check_positive_int,
+    check_ratio,
     config_activation,
     expand_hw,
     gate,
@@ -118,12 +121,6 @@ def gate_tiles(x, g, extent):
     return y if (padded_h, padded_w) == (h, w) else y[:, :h, :w, :]
 
 
-def _check_bn_momentum(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"`bn_momentum` must be in [0, 1), got {value!r}.")
-    return float(value)
-
-
 class _ExciteMixin:
     """The excite half shared by `GatherExcite` and its folded form: optional MLP, gate."""
 
@@ -164,8 +161,8 @@ class _ExciteMixin:
         }
 
     def _set_mlp_args(self, use_mlp, reduction, min_channels, divisor, activation, gate_act):
-        self.use_mlp = bool(use_mlp)
-        self.reduction = check_positive_float("reduction", reduction)
+        self.use_mlp = check_bool("use_mlp", use_mlp)
+        self.reduction = check_ratio("reduction", reduction)
         self.min_channels = check_positive_int("min_channels", min_channels)
         self.divisor = None if divisor is None else check_positive_int("divisor", divisor)
         self.activation = config_activation(activation)
@@ -295,7 +292,7 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
     ):
         super().__init__(**kwargs)
         self.extent = None if extent is None else check_positive_int("extent", extent)
-        self.parametric = bool(parametric)
+        self.parametric = check_bool("parametric", parametric)
         if self.parametric and self.extent is not None:
             raise ValueError(
                 f"The parametric gather covers the whole feature map (global extent), got "
@@ -303,9 +300,9 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
                 "parametric=False for a tiled parameter-free gather."
             )
         self._set_mlp_args(use_mlp, reduction, min_channels, divisor, activation, gate_activation)
-        self.bn_momentum = _check_bn_momentum(bn_momentum)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
         self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
-        self.synchronized = bool(synchronized)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
         channels = channels_from_shape(self, input_shape)

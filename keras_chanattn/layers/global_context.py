@@ -9,6 +9,7 @@ from keras_chanattn.layers.common import (
     check_choice,
     check_positive_float,
     check_positive_int,
+    check_ratio,
     expand_hw,
     spatial_mean,
 )
@@ -77,7 +78,7 @@ class GlobalContext(AttentionLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.reduction = check_positive_float("reduction", reduction)
+        self.reduction = check_ratio("reduction", reduction)
         self.min_channels = check_positive_int("min_channels", min_channels)
         self.divisor = None if divisor is None else check_positive_int("divisor", divisor)
         self.pooling = check_choice("pooling", pooling, ("attention", "avg"))

@@ -5,7 +5,9 @@ from keras import ops
 
 from keras_chanattn.layers.common import (
     AttentionLayer,
+    channels_first_hint,
     channels_from_shape,
+    check_bool,
     check_positive_float,
     check_positive_int,
     spatial_size,
@@ -69,7 +71,7 @@ class SpatialGroupEnhance(AttentionLayer):
         super().__init__(**kwargs)
         self.groups = check_positive_int("groups", groups)
         self.epsilon = check_positive_float("epsilon", epsilon)
-        self.unbiased = bool(unbiased)
+        self.unbiased = check_bool("unbiased", unbiased)
 
     def build(self, input_shape):
         channels = channels_from_shape(self, input_shape)
@@ -78,7 +80,7 @@ class SpatialGroupEnhance(AttentionLayer):
             raise ValueError(
                 f"SpatialGroupEnhance needs channels divisible by groups = {self.groups}, got "
                 f"{channels} channels. Choose `groups` dividing {channels} "
-                f"(e.g. groups={valid})."
+                f"(e.g. groups={valid}).{channels_first_hint(input_shape)}"
             )
         self._channels = channels
         self.weight = self.add_weight(name="weight", shape=(self.groups,), initializer="zeros")

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_chanattn.layers.common import (
     AttentionLayer,
+    channels_first_hint,
     channels_from_shape,
     check_positive_float,
     check_positive_int,
@@ -74,11 +75,19 @@ class ShuffleAttention(AttentionLayer):
 
     def build(self, input_shape):
         channels = channels_from_shape(self, input_shape)
+        if channels % 2:
+            raise ValueError(
+                f"ShuffleAttention splits each group's channels into two halves, so it needs "
+                f"an even channel count (divisible by 2 * groups), got {channels} channels. "
+                "Apply it after a layer with an even number of channels."
+                f"{channels_first_hint(input_shape)}"
+            )
         if channels % (2 * self.groups):
             raise ValueError(
                 f"ShuffleAttention needs channels divisible by 2 * groups = {2 * self.groups}, "
                 f"got {channels} channels. Choose `groups` so that 2 * groups divides "
                 f"{channels} (e.g. groups={_largest_valid_groups(channels, self.groups)})."
+                f"{channels_first_hint(input_shape)}"
             )
         half = channels // (2 * self.groups)
 

@@ -7,8 +7,8 @@ from keras_chanattn.layers.common import (
     AttentionLayer,
     channels_from_shape,
     check_choice,
-    check_positive_float,
     check_positive_int,
+    check_ratio,
     config_activation,
     expand_hw,
     gate,
@@ -81,7 +81,7 @@ class SqueezeExcite(AttentionLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.reduction = check_positive_float("reduction", reduction)
+        self.reduction = check_ratio("reduction", reduction)
         self.min_channels = check_positive_int("min_channels", min_channels)
         self.divisor = None if divisor is None else check_positive_int("divisor", divisor)
         self.pooling = check_choice("pooling", pooling, ("avg", "max"))

@@ -6,6 +6,8 @@ from keras import ops
 from keras_chanattn.layers.common import (
     AttentionLayer,
     channels_from_shape,
+    check_bn_momentum,
+    check_bool,
     check_positive_float,
     expand_hw,
     spatial_size,
@@ -72,13 +74,11 @@ class StyleRecalibration(AttentionLayer):
     ):
         super().__init__(**kwargs)
         self.epsilon = check_positive_float("epsilon", epsilon)
-        self.unbiased = bool(unbiased)
-        self.scale_statistics = bool(scale_statistics)
-        if not 0.0 <= bn_momentum < 1.0:
-            raise ValueError(f"`bn_momentum` must be in [0, 1), got {bn_momentum!r}.")
-        self.bn_momentum = float(bn_momentum)
+        self.unbiased = check_bool("unbiased", unbiased)
+        self.scale_statistics = check_bool("scale_statistics", scale_statistics)
+        self.bn_momentum = check_bn_momentum(bn_momentum)
         self.bn_epsilon = check_positive_float("bn_epsilon", bn_epsilon)
-        self.synchronized = bool(synchronized)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
         channels = channels_from_shape(self, input_shape)
@@ -198,8 +198,8 @@ class FoldedStyleRecalibration(AttentionLayer):
     def __init__(self, epsilon=1e-5, unbiased=True, scale_statistics=False, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = check_positive_float("epsilon", epsilon)
-        self.unbiased = bool(unbiased)
-        self.scale_statistics = bool(scale_statistics)
+        self.unbiased = check_bool("unbiased", unbiased)
+        self.scale_statistics = check_bool("scale_statistics", scale_statistics)
 
     def build(self, input_shape):
         channels = channels_from_shape(self, input_shape)

@@ -11,7 +11,7 @@ from keras_chanattn.layers.cbam import (
     spatial_arguments,
     z_pool_maps,
 )
-from keras_chanattn.layers.common import AttentionLayer, channels_from_shape
+from keras_chanattn.layers.common import AttentionLayer, channels_from_shape, check_bool
 from keras_chanattn.layers.registry import register_attention
 
 BRANCHES = ("cw", "hc", "hw")
@@ -107,7 +107,7 @@ class TripletAttention(AttentionLayer):
             kernel_size, bn_momentum, bn_epsilon, bn_zero_gamma, synchronized
         )
         self.kernel_size = arguments["kernel_size"]
-        self.no_spatial = bool(no_spatial)
+        self.no_spatial = check_bool("no_spatial", no_spatial)
         self.bn_momentum = arguments["bn_momentum"]
         self.bn_epsilon = arguments["bn_epsilon"]
         self.bn_zero_gamma = arguments["bn_zero_gamma"]
@@ -192,7 +192,7 @@ class FoldedTripletAttention(AttentionLayer):
     def __init__(self, kernel_size=7, no_spatial=False, **kwargs):
         super().__init__(**kwargs)
         self.kernel_size = check_odd_kernel_size(kernel_size)
-        self.no_spatial = bool(no_spatial)
+        self.no_spatial = check_bool("no_spatial", no_spatial)
 
     def build(self, input_shape):
         channels_from_shape(self, input_shape)

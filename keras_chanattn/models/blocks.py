@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_chanattn.layers.common import check_channels_last
 from keras_chanattn.models.placement import (
     AttentionSite,
     apply_attention,
@@ -74,8 +75,14 @@ def classifier_head(x, include_top, num_classes, pooling, classifier_activation)
     return x
 
 
-def check_head(include_top, num_classes, pooling, input_shape):
-    """Validates the `keras.applications`-style arguments; returns the input shape tuple."""
+def check_head(include_top, num_classes, pooling, input_shape, builder="This builder"):
+    """Validates the `keras.applications`-style arguments; returns the input shape tuple.
+
+    Also refuses a global `keras.config.image_data_format()` of `"channels_first"` (the
+    builders and blocks are NHWC only), before any layer is made; `builder` names the
+    builder in that message.
+    """
+    check_channels_last(builder)
     if include_top and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
         raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
     if include_top and num_classes < 1:

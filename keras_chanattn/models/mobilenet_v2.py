@@ -106,7 +106,7 @@ def mobilenet_v2(
     >>> model = mobilenet_v2("srm", alpha=0.35, input_shape=(96, 96, 3), num_classes=10)
     """
     alpha = check_positive_float("alpha", alpha)
-    shape = check_head(include_top, num_classes, pooling, input_shape)
+    shape = check_head(include_top, num_classes, pooling, input_shape, "mobilenet_v2()")
     attend = AttentionPlacer(
         attention,
         position,

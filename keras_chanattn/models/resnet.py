@@ -153,8 +153,8 @@ def resnet(
     >>> model = resnet(50, "srm")
     >>> model = resnet(50, "se", reduction=8, stages=(3, 4, 5), include_top=False)
     """
+    shape = check_head(include_top, num_classes, pooling, input_shape, "resnet()")
     kind, blocks = imagenet_block_layout(depth)
-    shape = check_head(include_top, num_classes, pooling, input_shape)
     attend = AttentionPlacer(
         attention,
         position,
@@ -285,9 +285,9 @@ def cifar_resnet(
 
     >>> model = cifar_resnet(56, "srm")
     """
+    shape = check_head(include_top, num_classes, pooling, input_shape, "cifar_resnet()")
     kind, blocks = cifar_block_layout(depth, block)
     shortcut = _cifar_shortcut(shortcut, kind)
-    shape = check_head(include_top, num_classes, pooling, input_shape)
     attend = AttentionPlacer(
         attention, position, RESNET_POSITIONS, stages, CIFAR_STAGES, stage_kwargs, attention_kwargs
     )

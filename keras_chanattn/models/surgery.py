@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_chanattn._compat import keras_graph
+from keras_chanattn.layers.common import check_channels_last
 from keras_chanattn.models.keras_hub_blocks import keras_hub_kind, unroll_keras_hub_block
 from keras_chanattn.models.placement import (
     AttentionSite,
@@ -149,6 +150,7 @@ def _check_arguments(model, attention, select, site_kwargs):
     """Checks `add_attention`'s arguments; returns the site selector built from `select`."""
     if attention is None:
         raise ValueError("add_attention needs a block: a registered name such as 'se', or a layer.")
+    check_channels_last("add_attention()")
     check_attention(attention)
     _check_functional(model)
     if site_kwargs is not None and not callable(site_kwargs):
