@@ -196,6 +196,63 @@ def test_mixed_precision(name, policy):
     np.testing.assert_allclose(y, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
 
 
+def integer_values(dtype, channels, seed=2):
+    """Small integers (in a gate's sensitive range) of `dtype`, shape (2, 8, 8, channels)."""
+    low = 0 if dtype.startswith("uint") else -4
+    return np.random.default_rng(seed).integers(low, 9, (2, 8, 8, channels)).astype(dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "bool"])
+def test_non_float_input_gives_the_float_input_results(name, dtype):
+    """Keras autocasts floats only; the blocks cast any other input to their compute dtype
+    (an int32 input once gave SGE all zeros, and most blocks refused `int * float`)."""
+    layer = built_layer(name)
+    values = integer_values("int32" if dtype == "bool" else dtype, CASES[name].channels)
+    values = values > 0 if dtype == "bool" else values
+    as_float = values.astype("float32")
+    for x in (values, tf.constant(values)):
+        got = layer(x)
+        assert keras.backend.standardize_dtype(got.dtype) == "float32"
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(layer(as_float))
+        )
+    expected = CASES[name].reference(layer, as_float.astype(np.float64), False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_input_under_mixed_float16_gives_the_compute_dtype(name):
+    channels = CASES[name].channels
+    reference_layer = built_layer(name, seed=5)
+    layer = make_layer(name, dtype="mixed_float16")
+    layer.build((None, None, None, channels))
+    layer.set_weights(reference_layer.get_weights())
+    values = integer_values("uint8", channels)
+    y = layer(values)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(layer(values.astype("float32")))
+    )
+    expected = keras.ops.convert_to_numpy(reference_layer(values.astype("float32")))
+    y32 = keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
+    np.testing.assert_allclose(y32, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_with_uint8_input_predicts_the_float_results(name):
+    """A uint8 `keras.Input` (a decoded image) through `predict`, as the issue's model."""
+    channels = CASES[name].channels
+    inputs = keras.Input((8, 8, channels), dtype="uint8")
+    layer = make_layer(name)
+    model = keras.Model(inputs, layer(inputs))
+    randomize_weights(layer, seed=7)
+    values = integer_values("uint8", channels)
+    got = model.predict(values, verbose=0)
+    expected = CASES[name].reference(layer, values.astype(np.float64), False)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_symbolic_input_with_unknown_height_and_width(name):
     channels = CASES[name].channels
