@@ -45,6 +45,7 @@ def test_weights_must_be_a_file_and_need_fine_tuning(tmp_path, capsys):
     assert "--fine-tune-epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_model_starts_from_the_weights_file(tmp_path):
     bench = script()
     keras.utils.set_random_seed(0)

@@ -47,9 +47,11 @@ from tests.layer_cases import (
     known_export_failures,
     randomize_weights,
 )
+from tests.marks import slow_unless
 
 SIZE = 16
 BLOCKS = keras_chanattn.list_attention()
+FAST_BLOCKS = ("se", "sa")  # the fast suite's share of the every-block, every-format cases
 
 # (block, format) -> why its export fails verification on the model below: each block's
 # LayerCase declares its own (`known_export_failures`). strict=True: when a block's
@@ -142,8 +144,9 @@ def _tflite_params():
                 marks = pytest.mark.xfail(
                     strict=True, raises=(ExportVerificationError, ConversionError), reason=reason
                 )
+            fast = name in FAST_BLOCKS
             params.append(
-                pytest.param(name, quantization, marks=marks, id=f"{name}-{quantization}")
+                slow_unless(fast, name, quantization, marks=marks, id=f"{name}-{quantization}")
             )
     return params
 
@@ -185,8 +188,14 @@ def trained_variant(variant):
     return fit(model)
 
 
-@pytest.mark.parametrize("quantization", QUANTIZATIONS)
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    ("variant", "quantization"),
+    [
+        slow_unless(quantization == "int8", variant, quantization, id=f"{variant}-{quantization}")
+        for variant in VARIANTS
+        for quantization in QUANTIZATIONS
+    ],
+)
 def test_block_variants_export_in_one_partition(variant, quantization, tmp_path):
     model = trained_variant(variant)
     path = tmp_path / f"{variant}.tflite"

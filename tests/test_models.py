@@ -11,6 +11,7 @@ from keras_chanattn._compat import keras_graph
 from keras_chanattn.layers.registry import small_network_kwargs
 from keras_chanattn.models.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_chanattn.models.resnet import CIFAR_STAGES, IMAGENET_STAGES
+from tests.marks import slow_unless
 
 NAMES = keras_chanattn.list_attention()
 
@@ -142,8 +143,14 @@ BUILDERS = {
 EXPECTED_SITES = {"resnet18": 8, "cifar_resnet8": 3, "mobilenet_v2_035": 17}
 
 
-@pytest.mark.parametrize("block", NAMES)
-@pytest.mark.parametrize("builder", sorted(BUILDERS))
+@pytest.mark.parametrize(
+    ("builder", "block"),
+    [
+        slow_unless(builder == "cifar_resnet8", builder, block, id=f"{builder}-{block}")
+        for builder in sorted(BUILDERS)
+        for block in NAMES
+    ],
+)
 def test_builder_with_block_runs_and_round_trips(builder, block, tmp_path):
     # The small networks' 8- to 128-channel maps: each block's own small-network arguments.
     model = BUILDERS[builder](block, **small_network_kwargs(block, channels=8))

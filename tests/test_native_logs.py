@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from keras_chanattn import native_logs
 
 # What a newcomer counts as TensorFlow log lines (native format and TF's notices).
@@ -38,6 +40,7 @@ def test_filter_drops_native_info_and_warning_lines_and_keeps_errors():
     assert not any(native_logs.is_noise(line) for line in KEPT)
 
 
+@pytest.mark.slow
 def test_filter_on_file_descriptor_2_passes_errors_through_in_order():
     code = (
         "import os, sys\n"

@@ -4,6 +4,7 @@ import keras
 import pytest
 
 from keras_chanattn.models import presets
+from tests.marks import slow_unless
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,12 @@ def _attention_layers(model):
     return [layer for layer in model.layers if layer.name.endswith("_attention")]
 
 
-@pytest.mark.parametrize("name", presets.list_presets())
+DEEP = ("resnet101", "resnet152", "resnet110", "resnet164")  # built by the full suite only
+
+
+@pytest.mark.parametrize(
+    "name", [slow_unless(name not in DEEP, name, id=name) for name in presets.list_presets()]
+)
 def test_every_preset_builds_a_tiny_model(name):
     model = presets.build_model(name, **_tiny_kwargs(name))
     assert model.name == name

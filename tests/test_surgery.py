@@ -98,6 +98,7 @@ def test_preserve_output_gives_the_original_outputs(resnet50, block):
         assert trainable_count(model) - trainable_count(changed) == 16
 
 
+@pytest.mark.slow
 def test_preserve_output_needs_no_blend_for_a_block_that_starts_as_identity(resnet50):
     x = random_images((32, 32, 3), seed=3)
     model = keras_chanattn.add_attention(resnet50, "gc", preserve_output=True)
@@ -109,6 +110,7 @@ def test_preserve_output_needs_no_blend_for_a_block_that_starts_as_identity(resn
     assert sum(isinstance(layer, models.IdentityBlend) for layer in gated.layers) == 16
 
 
+@pytest.mark.slow
 def test_select_and_site_kwargs(resnet50):
     model = keras_chanattn.add_attention(resnet50, "se", select="conv4_")
     assert sorted(b.name for b in attention_layers(model)) == [
@@ -139,6 +141,7 @@ def test_resnet101_delta_equals_the_builders():
     assert inserted == 4 * (256 * 3 + 512 * 4 + 1024 * 23 + 2048 * 3)
 
 
+@pytest.mark.slow
 def test_resnet50v2_and_mobilenetv2():
     x = random_images((32, 32, 3))
     v2 = keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3))
@@ -160,6 +163,7 @@ def test_resnet50v2_and_mobilenetv2():
     np.testing.assert_array_equal(predict(model, x), predict(mobile, x))
 
 
+@pytest.mark.slow
 def test_round_trip_through_keras_file(tmp_path):
     mobile = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35)
     model = keras_chanattn.add_attention(mobile, "srm", preserve_output=True)
