@@ -1,8 +1,9 @@
 """The fine-tuning recipe: optimiser, schedule, weight-decay groups, checkpoints, tf.distribute.
 
 `fit_classifier` trains any Keras classifier (logits out) on an `ImageData` source with
-`model.fit`, resumably: an interrupted run started again with the same `out_dir` carries on
-from the last finished epoch, optimiser state included.
+`model.fit`, resumably: an interrupted run started again with the same `out_dir` and config
+carries on from the last finished epoch, optimiser state included. A finished run there is
+kept unless `overwrite=True`, and a loss that turns NaN stops training with an error.
 """
 
 import contextlib
@@ -23,14 +24,15 @@ from keras_chanattn.layers.common import AttentionLayer
 
 @dataclasses.dataclass
 class TrainConfig:
-    """How to fine-tune. Every field is plain data, saved beside the checkpoints.
+    """How to fine-tune. Every field is plain data, saved beside the checkpoints, and is
+    checked on creation (type, finiteness, range): a bad one raises ValueError naming it.
 
     Attributes:
         epochs: training epochs. Defaults to `10`.
         batch_size: global batch size (split across replicas). Defaults to `64`.
         optimizer: `"sgd"` (with Nesterov momentum) or `"adamw"`. Defaults to `"sgd"`.
         learning_rate: peak learning rate, reached after the warm-up. Defaults to `0.05`.
-        momentum: SGD momentum. Defaults to `0.9`.
+        momentum: SGD momentum, in [0, 1). Defaults to `0.9`.
         weight_decay: decoupled weight decay. Defaults to `5e-4`.
         decay_attention_and_norm: apply weight decay to the attention blocks' own weights
             and to normalisation layers too; `False` (the default) exempts them, as the SRM
@@ -44,7 +46,8 @@ class TrainConfig:
         mixed_precision: train under `mixed_float16` (on GPU) or `mixed_bfloat16`; `None`
             for float32. Defaults to `None`.
         sync_batch_norm: synchronise BatchNorm statistics across replicas. Defaults to `False`.
-        seed: seed of shuffling, augmentation and initialisation. Defaults to `0`.
+        seed: seed of shuffling, augmentation and initialisation, in [0, 2**32 - 1].
+            Defaults to `0`.
         deterministic: run with TensorFlow's op determinism on (restored afterwards), so
             the same seed gives the same weights on the same machine and software:
             threaded reductions and the parallel augmentation otherwise differ from run to
@@ -363,7 +366,7 @@ def _plan_out_dir(out_dir, config, overwrite):
             f"{finished['epochs']} epoch{'s' * (finished['epochs'] != 1)}, validation accuracy "
             f"{finished['val_accuracy']:.4f}"
             if known
-            else "its summary is unreadable"
+            else "no readable summary"
         )
         raise FileExistsError(
             f"`out_dir` {out} holds a finished run ({what}); pass overwrite=True "

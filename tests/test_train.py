@@ -69,6 +69,48 @@ def test_fit_learns_digits_and_reports(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 1 + 3
     assert keras.saving.load_model(tmp_path / "last.keras").count_params() == model.count_params()
+    finished = json.loads((tmp_path / "summary.json").read_text())
+    assert finished["epochs"] == 3 and finished["val_accuracy"] == summary["val_accuracy"]
+    assert not (tmp_path / "backup").exists()
+
+
+def tiny_digits_run(tmp_path):
+    """Digits on 32 images, and a finished 1-epoch run of them in `tmp_path`."""
+    data = small_digits()
+    data.train, data.validation = data.train.take(32), data.validation.take(32)
+    config = TrainConfig(epochs=1, batch_size=32, warmup_epochs=0)
+    fit_classifier(tiny_classifier, data, config, tmp_path, verbose=0)
+    return data
+
+
+def test_overwrite_replaces_a_finished_run(tmp_path):
+    from tests.bad_inputs.conftest import snapshot
+
+    data = tiny_digits_run(tmp_path)
+    old = snapshot(tmp_path)
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0)
+    _, summary = fit_classifier(tiny_classifier, data, config, tmp_path, verbose=0, overwrite=True)
+    assert summary["epochs_run"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "last.keras", "log.csv", "summary.json"
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 0.01
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
+    assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 1 + 2
+    assert snapshot(tmp_path)["last.keras"] != old["last.keras"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_overwrite_keeps_the_old_run(tmp_path):
+    from tests.bad_inputs.conftest import snapshot
+
+    data = tiny_digits_run(tmp_path)
+    old = snapshot(tmp_path)
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0)
+    with pytest.raises(KeyboardInterrupt):  # after one epoch: the staged run had a backup
+        fit_classifier(tiny_classifier, data, config, tmp_path, verbose=0, overwrite=True,
+                       callbacks=[_StopAtEpoch(1)])  # fmt: skip
+    assert snapshot(tmp_path) == old  # the staging folder is gone too
 
 
 class _StopAtEpoch(keras.callbacks.Callback):
