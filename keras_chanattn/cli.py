@@ -172,6 +172,7 @@ def _run(args):
         arg("--seed", type=int, default=0),
         arg("--deterministic", action="store_true", help="same seed, same weights (slower)"),
         arg("--out", dest="out_dir", required=True, help="checkpoints and model; rerun to resume"),
+        arg("--overwrite", action="store_true", help="replace a finished run in --out"),
     ],
 )
 def _train(args):
@@ -201,6 +202,7 @@ def _train(args):
             classifier_activation=None, name=f"{variant}_{args.backbone}", **backbone_kwargs,
         ),
         data, config, out_dir=args.out_dir, strategy=distribution_strategy(args.distribute),
+        overwrite=args.overwrite,
     )  # fmt: skip
     print(
         f"{model.name}: validation accuracy {summary['val_accuracy']:.4f}, loss "

@@ -173,3 +173,15 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, unchanged):
     (tmp_path / "r" / "notes.txt").write_text("mine")
     with unchanged(tmp_path), pytest.raises(FileExistsError, match="not a run"):
         pipeline.run_pipeline(_config(tmp_path))
+
+
+def test_train_refuses_a_finished_run_without_overwrite(tmp_path, capsys, unchanged):
+    out = tmp_path / "srm"
+    out.mkdir()
+    (out / "last.keras").write_bytes(b"the user's trained model")
+    (out / "summary.json").write_text('{"epochs": 3, "val_accuracy": 0.9}')
+    argv = ["train", "--attention", "srm", "--image-size", "8", "--out", str(out)]
+    with unchanged(tmp_path):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "finished run" in err and "--overwrite" in err and err.count("\n") == 1
