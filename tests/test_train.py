@@ -142,6 +142,7 @@ class _DeterminismProbe(keras.callbacks.Callback):
         self.enabled = tf_config.is_op_determinism_enabled()
 
 
+@pytest.mark.slow
 def test_deterministic_training_repeats_its_weights_and_restores_the_setting():
     data = small_digits()
     config = TrainConfig(epochs=2, batch_size=32, deterministic=True)
@@ -342,6 +343,7 @@ def test_recalibration_errors_keep_the_statistics():
     np.testing.assert_array_equal(bn.moving_mean.numpy(), [1.0, 2.0, 3.0])
 
 
+@pytest.mark.slow
 def test_train_command_passes_seed_and_determinism(tmp_path, capsys):
     from keras_chanattn.cli import main
 
