@@ -264,6 +264,11 @@ def run_pipeline(config=None, verbose=1, log=print):
     run_dir = _run_dir(config)
     started = time.perf_counter()
     data = load_data(config.data, config.image_size, seed=config.train.seed, **config.data_kwargs)
+    if int(data.validation.cardinality()) == 0:
+        raise ValueError(
+            f"{config.data!r} has no validation images, which the job verifies and measures "
+            "on; give the data source a validation split (e.g. validation_fraction > 0)."
+        )
     with _replacing(run_dir):
         rows = _run_phases(config, data, run_dir, started, verbose, log)
     return rows, run_dir

@@ -487,6 +487,8 @@ def _build(build_model, data, config, strategy):
     try:
         train = _one_hot_pipeline(data.train, data.num_classes, config, training=True)
         validation = _one_hot_pipeline(data.validation, data.num_classes, config, training=False)
+        if int(data.validation.cardinality()) == 0:  # e.g. validation_fraction=0
+            validation = None
         steps_per_epoch = int(train.cardinality())
         if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
             steps_per_epoch = sum(1 for _ in train)

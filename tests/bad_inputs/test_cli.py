@@ -1,6 +1,9 @@
 """Bad command lines: each ends with one `chanattn: error:` line naming the argument, before
 any work, and leaves the user's files as they were."""
 
+import types
+
+import numpy as np
 import pytest
 
 from keras_chanattn import cli, pipeline
@@ -119,6 +122,12 @@ def _finished_run(root, name="r"):
     return run
 
 
+def _one_image_data(*args, **kwargs):
+    import tensorflow as tf
+
+    return types.SimpleNamespace(validation=tf.data.Dataset.range(1))
+
+
 def _config(root, **kwargs):
     return pipeline.PipelineConfig(out_dir=str(root), run_name="r", blocks=[], formats=[], **kwargs)
 
@@ -139,7 +148,7 @@ def test_a_failed_replace_puts_the_finished_run_back(tmp_path, monkeypatch, unch
         raise fault
 
     monkeypatch.setattr(pipeline, "_run_phases", phases)
-    monkeypatch.setattr("keras_chanattn.data.load_data", lambda *a, **k: None)
+    monkeypatch.setattr("keras_chanattn.data.load_data", _one_image_data)
     with unchanged(tmp_path), pytest.raises(type(fault)):
         pipeline.run_pipeline(_config(tmp_path, overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing left aside
@@ -153,7 +162,7 @@ def test_a_successful_replace_drops_the_old_run(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(pipeline, "_run_phases", phases)
-    monkeypatch.setattr("keras_chanattn.data.load_data", lambda *a, **k: None)
+    monkeypatch.setattr("keras_chanattn.data.load_data", _one_image_data)
     pipeline.run_pipeline(_config(tmp_path, overwrite=True))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["r", pipeline.REPORT]
 
@@ -163,7 +172,7 @@ def test_an_unfinished_run_is_rerun_without_overwrite(tmp_path, monkeypatch):
     run.mkdir()
     (run / "config.json").write_text("{}")  # a run that failed before its report
     monkeypatch.setattr(pipeline, "_run_phases", lambda config, data, run_dir, *a: [])
-    monkeypatch.setattr("keras_chanattn.data.load_data", lambda *a, **k: None)
+    monkeypatch.setattr("keras_chanattn.data.load_data", _one_image_data)
     pipeline.run_pipeline(_config(tmp_path))
     assert list(run.iterdir()) == []
 
@@ -185,3 +194,22 @@ def test_train_refuses_a_finished_run_without_overwrite(tmp_path, capsys, unchan
         assert main(argv) == 2
     err = capsys.readouterr().err
     assert "finished run" in err and "--overwrite" in err and err.count("\n") == 1
+
+
+def test_run_without_validation_images_is_refused_before_any_work(tmp_path, unchanged):
+    import keras
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(2):
+            image = np.full((8, 8, 3), 60 * i + (label == "b") * 100, "uint8")
+            keras.utils.save_img(tmp_path / "images" / label / f"{i}.png", image)
+    config = pipeline.PipelineConfig(
+        data=str(tmp_path / "images"),
+        data_kwargs={"validation_fraction": 0.0},
+        out_dir=str(tmp_path / "runs"),
+        image_size=8,
+    )
+    with unchanged(tmp_path), pytest.raises(ValueError, match="no validation images"):
+        pipeline.run_pipeline(config)
+    assert not (tmp_path / "runs").exists()
