@@ -259,14 +259,13 @@ def _params(args):
     ],
 )
 def _export(args):
-    import keras
-
     from keras_chanattn.export.artifacts import FORMATS, check_formats, export_artifacts
     from keras_chanattn.images import image_input_spec, load_image_file
+    from keras_chanattn.model_files import load_model_file
 
     formats = [name for group in args.formats or [["all"]] for name in group]
     formats = check_formats(list(FORMATS) if "all" in formats else formats)
-    model = keras.saving.load_model(args.model)
+    model = load_model_file(args.model)
     calibration = load_image_file(args.calibration) if args.calibration else None
     validation = load_image_file(args.validation) if args.validation else None
     if args.data:

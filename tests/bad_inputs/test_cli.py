@@ -59,6 +59,8 @@ ROOM_ERRORS = [
     (["train", "--backbone", "vgg", "--out", "{tmp}/t"], "Unknown backbone 'vgg'"),
     (["export", "{tmp}/missing.keras", "--out", "{tmp}/e"], "missing.keras"),
     (["export", "{tmp}/m.keras", "--out", "{tmp}/e", "--format", "int4"], "Unknown export format"),
+    (["export", "{tmp}/m.keras", "--out", "{tmp}/e"], "m.keras"),  # not a zip: named
+    (["export", "{tmp}/m.keras", "--out", "{tmp}/e", "--calibration", "{tmp}/c.npy"], "m.keras"),
     (["params", "resnet7"], "unknown backbone 'resnet7'"),
     (["params", "resnet20", "--blocks", "nope"], "nope"),
     (["bench", "vgg", "--out", "{tmp}/b", "--data", "none"], "vgg"),
