@@ -130,7 +130,7 @@ def test_the_report_lists_the_widened_output_and_leaves_softmax_alone(tmp_path):
     np.testing.assert_allclose(
         widened["widened"], np.array(widened["calibrated"]) * (1 + OUTPUT_MARGIN), rtol=1e-6
     )
-    assert "int8 output range widened by 20%" in report.summary()
+    assert f"int8 output range widened by {OUTPUT_MARGIN:.0%}" in report.summary()
     # A softmax's int8 output has a fixed range: nothing to widen.
     softmax = convert_tflite(_model(softmax=True), "int8", _calibration())
     assert _output_scale(softmax) == pytest.approx(1 / 256)

@@ -131,7 +131,7 @@ def check_output_margin(margin):
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1e6:
         raise ValueError(
             f"`output_margin` must be a finite number >= 0 (the fraction to widen the int8 "
-            f"outputs' calibrated ranges by, e.g. 0.2), got {margin!r}."
+            f"outputs' calibrated ranges by, e.g. 0.1), got {margin!r}."
         )
     return float(margin)
 

@@ -20,7 +20,7 @@ scale_out`), and for MUL at most `128 * scale_a * scale_b' / 2 = 2^-9` of it (`s
 scale_b' = MARGIN * 2^-16 * scale_out`, `|a| <= 128 scale_a`).
 
 `widen_output_ranges` gives the model's outputs a margin over the range the calibration
-images set (`OUTPUT_MARGIN`, 20% by default): an image whose logits lie a little beyond the
+images set (`OUTPUT_MARGIN`, 10% by default): an image whose logits lie a little beyond the
 calibration images' would otherwise clip at the int8 output's extreme code.
 
 `scale_ratio_problems` and `int8_scale_problems` check a quantised model against the same
@@ -35,7 +35,7 @@ MUL_MIN_RATIO = 2.0**-16
 MAX_RATIO = 2.0**8  # the upper limit of both ratios: checked, not fitted
 MARGIN = 2.0  # widen to twice the limit: the quantiser nudges ranges to put 0 on the grid
 # The model outputs' calibrated ranges are widened by this fraction (away from 0).
-OUTPUT_MARGIN = 0.2
+OUTPUT_MARGIN = 0.1
 # Ops whose int8 output has a fixed range, whatever was recorded.
 FIXED_RANGE_OPS = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
 

@@ -232,7 +232,7 @@ def export_tflite(
             every format, the Keras outputs once). Defaults to `None`: one for this call.
         output_margin: in int8, widen the outputs' calibrated ranges by this fraction, so
             that outputs a little beyond the calibration images' do not clip. Defaults to
-            `OUTPUT_MARGIN` (`0.2`).
+            `OUTPUT_MARGIN` (`0.1`; docs/export.md has what it costs).
 
     Returns:
         The `VerificationReport`, with `path` set.
