@@ -67,7 +67,9 @@ NOISE = re.compile(
     r"|\s*$)"
 )
 # A corrupt model's error must name the file and say what is wrong with it.
-CORRUPT_MODEL = r"(?=.*last\.keras).*(corrupt|truncat|damaged|invalid|not a valid)"
+CORRUPT_MODEL = (
+    r"(?=.*last\.keras).*(corrupt|truncat|damaged|invalid|unreadable|not (a )?(readable|valid))"
+)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 OUTCOMES = ("clear", "traceback", "deep", "silent", "lost", "ok", "not-run")
 
@@ -900,6 +902,8 @@ def replay(case, root, fixtures, timeout):
     """Runs one case and returns its row."""
     result = run_case(case, root / "cases" / case.name, fixtures, timeout)
     outcome, note = classify(case, result)
+    if case.as_nobody and os.geteuid() == 0:
+        note = f"{note} (run as uid 65534: root ignores permissions)".strip()
     return {
         "case": case.name,
         "reported": case.reported,
