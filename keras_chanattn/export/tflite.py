@@ -201,9 +201,8 @@ def export_tflite(
     prepared=None,
     output_margin=OUTPUT_MARGIN,
 ):
-    """Converts `model` to TFLite, verifies the result (`verify_tflite`'s checks), and writes
-    it atomically. Layers with an inference form are replaced by it first; a failed check
-    raises and writes nothing.
+    """Converts `model` (its inference forms first) to TFLite, verifies the result
+    (`verify_tflite`'s checks) and writes it atomically; a failed check writes nothing.
 
     Args:
         model: a Keras model with one NHWC image input.
@@ -231,8 +230,7 @@ def export_tflite(
         prepared: a `PreparedModel` of `model`, shared by its exports (one SavedModel for
             every format, the Keras outputs once). Defaults to `None`: one for this call.
         output_margin: in int8, widen the outputs' calibrated ranges by this fraction, so
-            that outputs a little beyond the calibration images' do not clip. Defaults to
-            `OUTPUT_MARGIN` (`0.1`; docs/export.md has what it costs).
+            that outputs a little beyond the calibration images' do not clip (`0.1`).
 
     Returns:
         The `VerificationReport`, with `path` set.
