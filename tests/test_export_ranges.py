@@ -81,7 +81,7 @@ def int8_binary_op_ratios(tflite_bytes):
     return found
 
 
-@pytest.mark.parametrize("name", ["gc", "sa"])
+@pytest.mark.parametrize("name", [pytest.param("gc", marks=pytest.mark.slow), "sa"])
 def test_small_gate_terms_stay_in_one_xnnpack_partition(name, tmp_path, monkeypatch):
     """With the ranges widened, the export passes in one partition, every int8 binary op's
     scales are within XNNPACK's limits, and the report lists what was widened, in the block;
@@ -201,7 +201,7 @@ def _graph(tflite_bytes):
     return tensors, operators
 
 
-@pytest.mark.parametrize("name", ["se", "cbam"])
+@pytest.mark.parametrize("name", ["se", pytest.param("cbam", marks=pytest.mark.slow)])
 def test_nothing_to_widen_gives_the_converters_own_int8_model(name):
     """Where no range needs widening, the export's calibrate -> fit -> quantise path gives
     the graph the converter's one-step full-int8 conversion gives: the same tensors, scales,
