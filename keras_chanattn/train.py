@@ -255,32 +255,29 @@ class NonFiniteLossError(FloatingPointError, RuntimeError):
 
 
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises `NonFiniteLossError` at the first non-finite training or validation loss.
+    """Raises `NonFiniteLossError` at the end of the first epoch whose training or validation
+    loss is not finite (a NaN step makes the epoch's mean loss NaN).
 
-    Raising (rather than `TerminateOnNaN`'s `stop_training`) leaves the epoch unfinished, so
-    the callbacks after this one never save the diverged weights (checkpoint, backup, log).
+    Raising (rather than `TerminateOnNaN`'s `stop_training`) before the callbacks after this
+    one run means they never save the diverged weights (checkpoint, backup, log). The check
+    is per epoch, not per step: a per-step hook makes Keras fetch the loss after every step
+    and slows training markedly.
     """
 
     def __init__(self, learning_rate, hint):
         super().__init__()
-        self.learning_rate, self.hint, self.epoch = learning_rate, hint, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check((logs or {}).get("loss"), "training loss", f", step {batch + 1}")
+        self.learning_rate, self.hint = learning_rate, hint
 
     def on_epoch_end(self, epoch, logs=None):
         for key, what in (("loss", "training loss"), ("val_loss", "validation loss")):
-            self._check((logs or {}).get(key), what, "")
+            self._check((logs or {}).get(key), what, epoch)
 
-    def _check(self, loss, what, step):
+    def _check(self, loss, what, epoch):
         if loss is None or math.isfinite(float(loss)):
             return
         epochs = self.params.get("epochs")
         raise NonFiniteLossError(
-            f"The {what} became {float(loss)} at epoch {self.epoch + 1} of {epochs}{step}: "
+            f"The {what} became {float(loss)} in epoch {epoch + 1} of {epochs}: "
             f"training stopped. Try a lower `learning_rate` (now {self.learning_rate:g}) and "
             f"check the data for NaN/Inf.{self.hint}"
         )

@@ -176,11 +176,11 @@ def test_fit_refuses_the_out_dir(source, prepare, changes, error, message, runs,
 
 
 NAN_CASES = [
-    ("finished", True, 1, _PoisonAtStep(2), "training loss became nan at epoch 1 of 1, step 3",
+    ("finished", True, 1, _PoisonAtStep(2), "training loss became nan in epoch 1 of 1",
      "keeps the run it held before"),
-    ("interrupted", False, 2, _PoisonAtStep(2), "training loss became nan at epoch 2 of 2, "
-     "step 3", "Nothing from this epoch was saved"),
-    ("finished", True, 1, _PoisonAtStep(3, after=True), "validation loss became nan at epoch "
+    ("interrupted", False, 2, _PoisonAtStep(2), "training loss became nan in epoch 2 of 2",
+     "Nothing from this epoch was saved"),
+    ("finished", True, 1, _PoisonAtStep(3, after=True), "validation loss became nan in epoch "
      "1 of 1", "keeps the run it held before"),
 ]  # fmt: skip
 
