@@ -55,7 +55,8 @@ class PipelineConfig:
             ResNet's first stage; e.g. 8 groups for SA and SGE, not the papers' 64).
         data: `"digits"`, `"tfds:<name>"` or an image folder. Defaults to `"digits"`.
         data_kwargs: arguments of the data source (e.g. `{"data_dir": ...}`). Defaults to `{}`.
-        image_size: input height and width. Defaults to `32`.
+        image_size: input height and width. Defaults to `24` (the 8x8 digits need no more;
+            a CIFAR ResNet takes any size from 8 up).
         train: the fine-tuning recipe, a `keras_chanattn.train.TrainConfig` (its `seed` also
             seeds the data split and the export's probes). Defaults to
             `default_train_config()`.
@@ -77,7 +78,7 @@ class PipelineConfig:
     attention_kwargs: dict = dataclasses.field(default_factory=lambda: small_network_kwargs(16))
     data: str = "digits"
     data_kwargs: dict = dataclasses.field(default_factory=dict)
-    image_size: int = 32
+    image_size: int = 24
     train: TrainConfig = dataclasses.field(default_factory=default_train_config)
     formats: list = dataclasses.field(
         default_factory=lambda: ["float32", "float16", "dynamic", "int8"]
