@@ -1,28 +1,17 @@
 """`export_artifacts`' reports always describe the artefact beside them: a format that fails
 where an earlier artefact exists keeps it and its report, and writes `<name>.failed.json`."""
 
-import functools
 import json
 
-import keras
 import numpy as np
 
 from keras_chanattn.export import checks
 from keras_chanattn.export import saved_model as saved_model_module
 from keras_chanattn.export.artifacts import export_artifacts, failed_report_path
 from tests.bad_inputs.conftest import snapshot
+from tests.bad_inputs.test_export import SIZE, tiny_model
 
-SIZE = 16
 FORMATS = ["savedmodel", "float32"]
-
-
-@functools.cache
-def tiny_model():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(3)(x), name="tiny")
 
 
 def _images():

@@ -223,23 +223,29 @@ def export_saved_model(
         atomic_output(path, overwrite, "directory") as tmp,
     ):
         prepared.write_saved_model(tmp, spec, batch_size)
-        samples, max_abs, relative, failures = check_saved_model(
+        checked = check_saved_model(
             tmp, model, spec, batch_size, images, tolerance, reference=prepared.keras_outputs
         )
-        report = SavedModelReport(
-            path=path,
-            signature=SIGNATURE_KEY,
-            input_shape=list(spec.batch_shape(batch_size)),
-            input_dtype=spec.dtype,
-            inference_forms=prepared.inference_forms,
-            check_samples=samples,
-            max_abs_error=max_abs,
-            relative_error=relative,
-            tolerance=tolerance,
-            failures=failures,
-            cast_from=prepared.cast_from,
-            cast_relative_difference=prepared.cast_difference(images[:samples]),
-        )
-        if failures:
+        report = _report(path, spec, batch_size, prepared, images, checked, tolerance)
+        if report.failures:
             raise ExportVerificationError(report)
     return report
+
+
+def _report(path, spec, batch_size, prepared, images, checked, tolerance):
+    """The `SavedModelReport` of a reload check's `(samples, max abs, relative, failures)`."""
+    samples, max_abs, relative, failures = checked
+    return SavedModelReport(
+        path=path,
+        signature=SIGNATURE_KEY,
+        input_shape=list(spec.batch_shape(batch_size)),
+        input_dtype=spec.dtype,
+        inference_forms=prepared.inference_forms,
+        check_samples=samples,
+        max_abs_error=max_abs,
+        relative_error=relative,
+        tolerance=tolerance,
+        failures=failures,
+        cast_from=prepared.cast_from,
+        cast_relative_difference=prepared.cast_difference(images[:samples]),
+    )

@@ -239,12 +239,8 @@ def export_tflite(
         ValueError: bad format, thresholds, calibration data or a non-NHWC image input.
         FileExistsError: `path` (or `report_path`) exists and `overwrite` is false.
         ConversionError: the converter rejected the model (e.g. an op with no builtin).
-        ExportVerificationError: a verification check failed; `.report` has the figures.
-
-    Example:
-
-    >>> report = export_tflite(model, "se_int8.tflite", "int8", train_images[:200], test_images)
-    >>> print(report.summary())
+        ExportVerificationError: a verification check failed; `.report` has the figures
+            (the README's Export section shows a call).
     """
     thresholds = resolve_thresholds(quantization, thresholds)
     output_margin = check_output_margin(output_margin)

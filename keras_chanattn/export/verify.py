@@ -221,6 +221,15 @@ def run_verification(
     return report
 
 
+def _flatbuffer(tflite):
+    """`(bytes, path)` of a flatbuffer given as bytes (path `None`) or as a path."""
+    if not isinstance(tflite, (str, os.PathLike)):
+        return tflite, None
+    path = os.fspath(tflite)
+    with open(path, "rb") as f:
+        return f.read(), path
+
+
 def verify_tflite(
     tflite,
     model,
@@ -281,10 +290,7 @@ def verify_tflite(
     """
     thresholds = resolve_thresholds(quantization, thresholds)
     spec = image_input_spec(model, image_size)
-    path = os.fspath(tflite) if isinstance(tflite, (str, os.PathLike)) else None
-    if path is not None:
-        with open(path, "rb") as f:
-            tflite = f.read()
+    tflite, path = _flatbuffer(tflite)
     held_out = as_images(validation_data, spec, "validation_data", max_validation_samples)
     data_range = data_range or value_range(held_out)
     held_out, source = held_out_images(held_out, spec, data_range, seed)

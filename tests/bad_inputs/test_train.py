@@ -15,7 +15,7 @@ from keras_chanattn.train import (
     fit_classifier,
     recalibrate_batch_norm,
 )
-from tests.test_train import bn_probe, tiny_classifier
+from tests.test_train import _StopAtEpoch, bn_probe, tiny_classifier
 
 CONFIG = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}
 
@@ -25,16 +25,6 @@ def tiny_digits():
     data.train = data.train.take(64)
     data.validation = data.validation.take(32)
     return data
-
-
-class _StopAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 class _PoisonAtStep(keras.callbacks.Callback):
