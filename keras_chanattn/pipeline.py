@@ -440,9 +440,3 @@ def measure(models, exported, out_dir, calibration, held_out, config, verbose):
         verbose=verbose,
         log=lambda *_: None,
     )
-
-
-def _results_table(rows):
-    from keras_chanattn.report import results_table
-
-    return results_table(rows)
