@@ -1,0 +1,39 @@
+"""Analysis of trained attention blocks: channel-weight statistics and their figures."""
+
+from keras_chanattn.analysis.figures import (
+    correlation_heatmaps,
+    gate_histograms,
+    top_activating_grid,
+)
+from keras_chanattn.analysis.stats import (
+    as_weights,
+    channel_correlation,
+    channel_statistics,
+    class_mean_gates,
+    constant_channels,
+    distinct_images,
+    effective_rank,
+    gate_distribution,
+    mean_abs_offdiagonal,
+    model_statistics,
+    statistics_table,
+    top_activating,
+)
+
+__all__ = [
+    "as_weights",
+    "channel_correlation",
+    "channel_statistics",
+    "class_mean_gates",
+    "constant_channels",
+    "correlation_heatmaps",
+    "distinct_images",
+    "effective_rank",
+    "gate_distribution",
+    "gate_histograms",
+    "mean_abs_offdiagonal",
+    "model_statistics",
+    "statistics_table",
+    "top_activating",
+    "top_activating_grid",
+]
