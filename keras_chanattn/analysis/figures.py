@@ -7,6 +7,7 @@ replacing an older figure there, and returns that path as a string.
 
 import os
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -69,13 +70,13 @@ def correlation_heatmaps(correlations, path, title=None):
                 "the output of channel_correlation."
             )
         matrices[label] = corr
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.75")
     figure = _figure(3.6 * len(matrices) + 1.0, 4.0)
     axes_list = figure.subplots(1, len(matrices), squeeze=False)[0]
     for axes, (label, corr) in zip(axes_list, matrices.items(), strict=True):
         image = axes.imshow(
-            np.ma.masked_invalid(corr), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest"
+            np.ma.masked_invalid(corr), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest"
         )
-        image.cmap.set_bad("0.75")
         offdiagonal = mean_abs_offdiagonal(corr)
         axes.set_title(f"{label}\nmean |off-diagonal| = {offdiagonal:.3f}", fontsize=10)
         axes.set_xlabel("channel")
