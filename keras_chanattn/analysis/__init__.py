@@ -5,6 +5,15 @@ from keras_chanattn.analysis.figures import (
     gate_histograms,
     top_activating_grid,
 )
+from keras_chanattn.analysis.gradcam import (
+    GradCAMResult,
+    cam_from_gradients,
+    grad_cam,
+    last_feature_layer,
+    pointing_game,
+    pointing_hits,
+)
+from keras_chanattn.analysis.overlay import overlay
 from keras_chanattn.analysis.stats import (
     as_weights,
     channel_correlation,
@@ -21,6 +30,13 @@ from keras_chanattn.analysis.stats import (
 )
 
 __all__ = [
+    "GradCAMResult",
+    "cam_from_gradients",
+    "grad_cam",
+    "last_feature_layer",
+    "overlay",
+    "pointing_game",
+    "pointing_hits",
     "as_weights",
     "channel_correlation",
     "channel_statistics",
