@@ -116,8 +116,9 @@ def effective_rank(weights):
     s are the singular values of the (N, C) weights minus their mean over the images, H the
     Shannon entropy (natural log). It is about 1 when all channels vary along one direction
     (switched together) and about C when they vary independently with equal spread; at most
-    min(N - 1, C). Singular values below the rounding tolerance of `np.linalg.matrix_rank`
-    count as 0, and weights that do not vary at all give 0.
+    min(N - 1, C). Being built on s rather than s**2, it counts weak independent variation
+    (small noise in many channels) noticeably. Singular values below the rounding tolerance
+    of `np.linalg.matrix_rank` count as 0, and weights that do not vary at all give 0.
     """
     weights = as_weights(weights)
     centred = weights - weights.mean(axis=0)
