@@ -6,6 +6,37 @@ from collections.abc import Callable
 import numpy as np
 
 
+def multiply_gates(layer, x, gates):
+    """NumPy: `x` times each gate, for blocks whose output is their input times their gates.
+
+    Knows the shared gate names (see `AttentionLayer`): `"channel"` `(N, C)`, broadcast over
+    the positions, and `"spatial"` `(N, H, W, G)`, map `g` on the `g`-th of `G` groups of
+    consecutive channels. Any other name raises: such a block declares its own
+    `combine_gates`.
+    """
+    out = np.asarray(x, np.float64)
+    n, h, w, c = out.shape
+    for name, gate in gates.items():
+        gate = np.asarray(gate, np.float64)
+        if name == "channel":
+            out = out * gate[:, None, None, :]
+        elif name == "spatial":
+            groups = gate.shape[-1]
+            out = (out.reshape(n, h, w, groups, c // groups) * gate[..., None]).reshape(out.shape)
+        else:
+            raise ValueError(
+                f"multiply_gates knows the gates 'channel' and 'spatial', got {name!r}: declare "
+                "the block's combine_gates on its LayerCase."
+            )
+    return out
+
+
+def channel_gate_shapes(layer, input_shape):
+    """`{"channel": (N, C)}`: the gate shapes of a block with one per-channel gate."""
+    n, _, _, c = input_shape
+    return {"channel": (n, c)}
+
+
 @dataclasses.dataclass
 class LayerCase:
     """How to test one registered attention layer.
@@ -32,6 +63,11 @@ class LayerCase:
         known_export_failures: `{quantization: reason}`, the TFLite formats whose
             verified export the block is known to fail, and why; the export suite expects
             those failures (strict), so a fix makes it fail until the entry is removed.
+        gate_shapes: `gate_shapes(layer, input_shape) -> {name: shape}`, the names and
+            shapes `layer.gates` returns. Defaults to one `"channel"` gate `(N, C)`.
+        combine_gates: `combine_gates(layer, x, gates) -> np.ndarray`, the block's output
+            from its input and its gates (NumPy arrays), in NumPy, independently of the
+            layer's code (it may read the layer's weights). Defaults to `multiply_gates`.
     """
 
     name: str
@@ -44,6 +80,8 @@ class LayerCase:
     export_kwargs: dict = dataclasses.field(default_factory=dict)
     export_variants: dict = dataclasses.field(default_factory=dict)
     known_export_failures: dict = dataclasses.field(default_factory=dict)
+    gate_shapes: Callable = channel_gate_shapes
+    combine_gates: Callable = multiply_gates
 
 
 def randomize_weights(layer, seed=0, scale=0.5, rng=None):

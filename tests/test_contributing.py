@@ -16,7 +16,7 @@ import pytest
 import keras_chanattn
 from keras_chanattn import layers
 from keras_chanattn.layers import registry
-from tests import layer_cases, references, test_layers
+from tests import layer_cases, references, test_gates, test_layers
 
 NAME = "throwaway"
 
@@ -52,9 +52,15 @@ class ThrowawayGate(AttentionLayer):
         self.w = self.add_weight(name="w", shape=(channels,), initializer="ones")
         self.b = self.add_weight(name="b", shape=(channels,), initializer="zeros")
 
-    def call(self, x):
+    def _gate(self, x):
         pooled = ops.mean(x, axis=(1, 2), keepdims=True)
-        return x * ops.sigmoid(self.scale * self.w * pooled + self.b)
+        return ops.sigmoid(self.scale * self.w * pooled + self.b)
+
+    def call(self, x):
+        return x * self._gate(x)
+
+    def gates(self, x, training=False):
+        return {"channel": ops.reshape(self._gate(x), (-1, x.shape[-1]))}
 
     def inference_layer(self):
         form = ThrowawayGateInference(scale=self.scale, name=f"{self.name}_inference")
@@ -144,6 +150,17 @@ def test_the_registry_wide_checks_run_on_the_new_block(throwaway_block, monkeypa
     test_layers.test_keras_file_round_trip_without_custom_objects(NAME, tmp_path)
     test_layers.test_invalid_hyper_parameters_are_clear_errors(NAME)
     test_layers.test_inference_layer_matches_inference_mode(NAME)
+    test_gates.test_gates_recombine_to_the_output(NAME)
+    test_gates.test_integer_input_gates_equal_the_float_input_gates(NAME)
+
+
+def test_a_new_block_without_gates_fails_the_gates_suite_clearly(throwaway_block, monkeypatch):
+    cases = layer_cases.collect_cases()
+    monkeypatch.setitem(test_gates.CASES, NAME, cases[NAME])
+    block = type(keras_chanattn.create_attention(NAME))
+    monkeypatch.delattr(block, "gates")
+    with pytest.raises(NotImplementedError, match="ThrowawayGate does not implement `gates"):
+        test_gates.test_gates_recombine_to_the_output(NAME)
 
 
 def test_the_throwaway_block_is_gone_afterwards():

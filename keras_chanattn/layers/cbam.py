@@ -232,6 +232,11 @@ class ConvGate(keras.layers.Layer):
         return config
 
 
+def spatial_gate(conv_gate, inputs, training=None):
+    """CBAM's spatial gate `(N, H, W, 1)`: `conv_gate` on the channel-pooled maps."""
+    return conv_gate(z_pool_maps(inputs, axis=-1), training=training)
+
+
 def _require_built(layer):
     if not layer.built:
         raise ValueError("Build the layer (call it on an input) before folding it.")
@@ -325,13 +330,20 @@ class ChannelAttention(AttentionLayer):
         self.reduce.build((None, channels))
         self.expand.build((None, hidden))
 
-    def call(self, inputs):
+    def _channel_gate(self, inputs):
         # The shared MLP runs on each pooled vector apart, as the reference does: stacked
         # into one (2N, C) batch, full-int8 TFLite would give the averages the scale of the
         # much larger maxima and lose their precision.
         s = self.expand(self.reduce(spatial_mean(inputs, keepdims=False)))
         s = s + self.expand(self.reduce(spatial_max(inputs, keepdims=False)))
-        return inputs * expand_hw(gate(s, self.gate_activation))
+        return gate(s, self.gate_activation)
+
+    def call(self, inputs):
+        return inputs * expand_hw(self._channel_gate(inputs))
+
+    def gates(self, inputs, training=False):
+        """`{"channel": s}`, the per-channel weights `(N, C)`."""
+        return {"channel": self._channel_gate(inputs)}
 
     def get_config(self):
         config = super().get_config()
@@ -408,7 +420,11 @@ class SpatialAttention(AttentionLayer):
         self.gate.build((None, None, None, 2))
 
     def call(self, inputs, training=None):
-        return inputs * self.gate(z_pool_maps(inputs, axis=-1), training=training)
+        return inputs * spatial_gate(self.gate, inputs, training)
+
+    def gates(self, inputs, training=False):
+        """`{"spatial": g}`, the map `(N, H, W, 1)` gating every channel."""
+        return {"spatial": spatial_gate(self.gate, inputs, training)}
 
     def inference_layer(self):
         """Returns a `FoldedSpatialAttention` with the BatchNorm folded into the convolution."""
@@ -463,7 +479,11 @@ class FoldedSpatialAttention(AttentionLayer):
         self.gate.build((None, None, None, 2))
 
     def call(self, inputs):
-        return inputs * self.gate(z_pool_maps(inputs, axis=-1))
+        return inputs * spatial_gate(self.gate, inputs)
+
+    def gates(self, inputs, training=False):
+        """`{"spatial": g}`, the map `(N, H, W, 1)` gating every channel."""
+        return {"spatial": spatial_gate(self.gate, inputs)}
 
     def get_config(self):
         config = super().get_config()
@@ -557,6 +577,10 @@ class CBAM(AttentionLayer):
     def call(self, inputs, training=None):
         return self.spatial_attention(self.channel_attention(inputs), training=training)
 
+    def gates(self, inputs, training=False):
+        """`{"channel": (N, C), "spatial": (N, H, W, 1)}`; see `cbam_gates`."""
+        return cbam_gates(self, inputs, training)
+
     def inference_layer(self):
         """Returns a `FoldedCBAM` with the spatial BatchNorm folded into its convolution."""
         _require_built(self)
@@ -636,8 +660,24 @@ class FoldedCBAM(AttentionLayer):
     def call(self, inputs):
         return self.spatial_attention(self.channel_attention(inputs))
 
+    def gates(self, inputs, training=False):
+        """`{"channel": (N, C), "spatial": (N, H, W, 1)}`; see `cbam_gates`."""
+        return cbam_gates(self, inputs, training)
+
     def get_config(self):
         config = super().get_config()
         config.update(_arguments(self, CHANNEL_ARGUMENTS))
         config.update({"kernel_size": self.kernel_size})
         return config
+
+
+def cbam_gates(layer, inputs, training=False):
+    """The gates of a `CBAM` or `FoldedCBAM`: its halves' gates, in the order they apply.
+
+    `"channel"` `(N, C)` from the input; `"spatial"` `(N, H, W, 1)` from the channel-gated
+    map, which the spatial half sees: the output is `x * channel * spatial`.
+    """
+    channel = layer.channel_attention.gates(inputs)["channel"]
+    gated = inputs * expand_hw(channel)
+    spatial = layer.spatial_attention.gates(gated, training=training)["spatial"]
+    return {"channel": channel, "spatial": spatial}

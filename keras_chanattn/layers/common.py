@@ -1,5 +1,7 @@
 """Helpers shared by the attention families: input checks, pooling statistics, gates."""
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -257,22 +259,79 @@ def config_activation(value, name="activation"):
     return value
 
 
+# The function `recording_block_inputs` installs: each block's call hands it `(layer, input)`.
+_INPUT_RECORDER = contextvars.ContextVar("keras_chanattn_input_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording_block_inputs(record):
+    """Within the context, each block's `call` first hands `record(layer, inputs)` its input.
+
+    The input is the one `call` computes on (already cast to the compute dtype). A block
+    called inside another block's `call` (CBAM's halves) is not recorded: its input is
+    part of the outer block's. `keras_chanattn.analysis.collect_gates` reads the inputs
+    of a model's blocks this way, without adding layers or outputs to the model.
+    """
+    token = _INPUT_RECORDER.set(record)
+    try:
+        yield
+    finally:
+        _INPUT_RECORDER.reset(token)
+
+
+def _as_float_input(layer, inputs):
+    """`inputs`, cast to `layer`'s compute dtype when it is not a float tensor."""
+    dtype = getattr(inputs, "dtype", None)
+    if dtype is not None and not keras.backend.is_float_dtype(
+        keras.backend.standardize_dtype(dtype)
+    ):
+        return ops.cast(inputs, layer.compute_dtype)
+    return inputs
+
+
 def _cast_non_float_inputs(call):
     """Wraps a block's `call` so that a non-float input is first cast to the compute dtype.
 
     Keras autocasts float inputs only, so an image decoded as uint8 would reach the
     block's arithmetic as integers (TensorFlow refuses `int * float`; integer statistics
-    truncate). Casting once here gives integer inputs the float path's results.
+    truncate). Casting once here gives integer inputs the float path's results. Inside
+    `recording_block_inputs` the (cast) input is also recorded, and the recorder is off
+    while the block runs, so that the blocks it calls are not recorded too.
     """
 
     @functools.wraps(call)
     def wrapper(self, inputs, *args, **kwargs):
-        dtype = getattr(inputs, "dtype", None)
-        if dtype is not None and not keras.backend.is_float_dtype(
-            keras.backend.standardize_dtype(dtype)
-        ):
+        inputs = _as_float_input(self, inputs)
+        record = _INPUT_RECORDER.get()
+        if record is None:
+            return call(self, inputs, *args, **kwargs)
+        record(self, inputs)
+        token = _INPUT_RECORDER.set(None)
+        try:
+            return call(self, inputs, *args, **kwargs)
+        finally:
+            _INPUT_RECORDER.reset(token)
+
+    wrapper.casts_non_float_inputs = True
+    return wrapper
+
+
+def _cast_non_float_gate_inputs(gates):
+    """Wraps a block's `gates` so that it reads its input in the compute dtype, as `call` does.
+
+    Calling the layer casts a float input to the compute dtype (Keras' autocast) and the
+    `call` wrapper casts the others; `gates` is a plain method, so it casts every input,
+    and builds the layer on the input's shape first if needed, as a call would.
+    """
+
+    @functools.wraps(gates)
+    def wrapper(self, inputs, *args, **kwargs):
+        inputs = ops.convert_to_tensor(inputs)
+        if keras.backend.standardize_dtype(inputs.dtype) != self.compute_dtype:
             inputs = ops.cast(inputs, self.compute_dtype)
-        return call(self, inputs, *args, **kwargs)
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        return gates(self, inputs, *args, **kwargs)
 
     wrapper.casts_non_float_inputs = True
     return wrapper
@@ -296,16 +355,51 @@ class AttentionLayer(keras.layers.Layer):
       Read from the class itself, not inherited. `models.params` prints them beside ours.
     - `small_network_kwargs(channels)`: constructor arguments that fit the block into a
       small network (see below).
+
+    `gates(inputs, training=False)` returns what the block multiplies its input by, a dict
+    of named tensors in the compute dtype (`docs/blocks.md` lists each block's):
+
+    - `"channel"`: per-channel weights `(N, C)` (SE, ECA, SRM, CBAM's channel half, GE with
+      global extent, GC with `fusion="mul"`); Shuffle Attention's is `(N, C / 2)`, over
+      its channel-branch channels in input order.
+    - `"spatial"`: per-position maps `(N, H, W, G)`, map `g` gating the `g`-th of `G`
+      groups of consecutive channels (`G = 1`: CBAM, spatial attention; SGE's groups).
+    - block-specific ones: GE's `"tiles"`, GC's `"attention"`, SA's `"spatial_branch"`,
+      Triplet's `"cw"`, `"hc"`, `"hw"`.
+
+    Each block computes them with the code its `call` uses; the inference form has the
+    same names. Integer inputs are cast as for `call`.
     """
 
     paper_figures = {}
 
     def __init_subclass__(cls, **kwargs):
-        # Every block's own `call` casts integer (or bool) inputs to its compute dtype.
+        # Every block's own `call` and `gates` cast integer (or bool) inputs to its compute
+        # dtype; `call` also records its input for `recording_block_inputs`.
         super().__init_subclass__(**kwargs)
-        call = cls.__dict__.get("call")
-        if call is not None and not getattr(call, "casts_non_float_inputs", False):
-            cls.call = _cast_non_float_inputs(call)
+        for method, wrap in (
+            ("call", _cast_non_float_inputs),
+            ("gates", _cast_non_float_gate_inputs),
+        ):
+            function = cls.__dict__.get(method)
+            if function is not None and not getattr(function, "casts_non_float_inputs", False):
+                setattr(cls, method, wrap(function))
+
+    def gates(self, inputs, training=False):
+        """What the block multiplies its input by: `{name: tensor}` (see the class docstring).
+
+        Args:
+            inputs: the block's input, `(N, H, W, C)`.
+            training: as for `call`: `True` uses batch statistics where the block carries
+                BatchNorm (and updates its moving averages, as a training step does).
+                Defaults to `False`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement `gates(inputs, training=False)`. "
+            "Define it to return the block's gates as {name: tensor}, e.g. "
+            '{"channel": s} for a per-channel gate s of shape (N, C), computed by the '
+            "code `call` uses (see AttentionLayer's docstring and CONTRIBUTING.md)."
+        )
 
     @classmethod
     def small_network_kwargs(cls, channels=16):

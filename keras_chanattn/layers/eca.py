@@ -88,11 +88,19 @@ class EfficientChannelAttention(AttentionLayer):
         """The kernel size in use (known once the layer is built)."""
         return int(self.kernel.shape[0])
 
-    def call(self, inputs):
+    def _channel_gate(self, inputs):
         s = ops.expand_dims(spatial_mean(inputs, keepdims=False), -1)  # (N, C, 1)
-        s = ops.conv(s, self.kernel, strides=1, padding="same", data_format="channels_last")
-        s = gate(ops.squeeze(s, -1), self.gate_activation)
-        return inputs * expand_hw(s)
+        # The cast: `gates` reads the kernel outside the layer call's autocast.
+        kernel = ops.cast(self.kernel, s.dtype)
+        s = ops.conv(s, kernel, strides=1, padding="same", data_format="channels_last")
+        return gate(ops.squeeze(s, -1), self.gate_activation)
+
+    def call(self, inputs):
+        return inputs * expand_hw(self._channel_gate(inputs))
+
+    def gates(self, inputs, training=False):
+        """`{"channel": s}`, the per-channel weights `(N, C)`."""
+        return {"channel": self._channel_gate(inputs)}
 
     def get_config(self):
         config = super().get_config()

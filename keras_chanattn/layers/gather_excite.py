@@ -323,7 +323,8 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
             self.bn.build((None, channels))
         self._build_mlp(channels)
 
-    def call(self, inputs, training=None):
+    def _gate(self, inputs, training=None):
+        """The gate: `(N, C)`, or `(N, ceil(H / E), ceil(W / E), C)` with an extent `E`."""
         if self.parametric:
             self._check_spatial_size(inputs)
             z = ops.cast(_depthwise_gather(inputs, self.gather_kernel), self.compute_dtype)
@@ -332,9 +333,19 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
             z = spatial_mean(inputs, keepdims=False)
         else:
             z = ops.cast(tile_mean(inputs, self.extent), self.compute_dtype)
-            return gate_tiles(inputs, self._excite(z), self.extent)
-        g = self._excite(z)
+        return self._excite(z)
+
+    def call(self, inputs, training=None):
+        g = self._gate(inputs, training)
+        if self.extent is not None:
+            return gate_tiles(inputs, g, self.extent)
         return inputs * expand_hw(g)
+
+    def gates(self, inputs, training=False):
+        """`{"channel": (N, C)}` with global extent; with an extent `E`, `{"tiles": g}`,
+        the per-channel gate of each `E x E` tile, `(N, ceil(H / E), ceil(W / E), C)`
+        (position `(h, w)` takes tile `(h // E, w // E)`)."""
+        return {"channel" if self.extent is None else "tiles": self._gate(inputs, training)}
 
     def inference_layer(self):
         """Returns a `FoldedGatherExcite` with the BatchNorm folded into the gather.
@@ -434,11 +445,17 @@ class FoldedGatherExcite(_ExciteMixin, AttentionLayer):
         )
         self._build_mlp(channels)
 
-    def call(self, inputs):
+    def _gate(self, inputs):
         self._check_spatial_size(inputs)
         z = _grouped_gather(inputs, self.gather_kernel) + ops.cast(self.gather_bias, "float32")
-        g = self._excite(ops.cast(z, self.compute_dtype))
-        return inputs * expand_hw(g)
+        return self._excite(ops.cast(z, self.compute_dtype))
+
+    def call(self, inputs):
+        return inputs * expand_hw(self._gate(inputs))
+
+    def gates(self, inputs, training=False):
+        """`{"channel": g}`, the per-channel weights `(N, C)`."""
+        return {"channel": self._gate(inputs)}
 
     def get_config(self):
         config = super().get_config()

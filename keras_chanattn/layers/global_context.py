@@ -12,6 +12,7 @@ from keras_chanattn.layers.common import (
     check_ratio,
     expand_hw,
     spatial_mean,
+    spatial_size,
 )
 from keras_chanattn.layers.registry import register_attention
 from keras_chanattn.layers.squeeze_excite import reduced_channels
@@ -107,6 +108,17 @@ class GlobalContext(AttentionLayer):
         self.norm.build((None, hidden))
         self.expand.build((None, hidden))
 
+    def _uniform_pooling(self, inputs):
+        """Whether the context is a plain mean: `pooling="avg"`, or a single position."""
+        return self.pooling == "avg" or (inputs.shape[1] == 1 and inputs.shape[2] == 1)
+
+    def _attention_weights(self, inputs):
+        """The softmax over the `H * W` positions, `(N, H * W)` in float32."""
+        shape = ops.shape(inputs)
+        logits = ops.cast(self.context_logits(inputs), "float32")
+        logits = logits + ops.cast(self.context_bias, "float32")
+        return ops.softmax(ops.reshape(logits, (-1, shape[1] * shape[2])), axis=-1)
+
     def _context(self, inputs):
         if self.pooling == "avg":
             return spatial_mean(inputs, keepdims=False)
@@ -115,20 +127,40 @@ class GlobalContext(AttentionLayer):
             # One position: its softmax weight is 1 (skipping a size-1 softmax warning).
             return ops.reshape(inputs, (-1, channels))
         shape = ops.shape(inputs)
-        logits = ops.cast(self.context_logits(inputs), "float32")
-        logits = logits + ops.cast(self.context_bias, "float32")
-        weights = ops.softmax(ops.reshape(logits, (-1, 1, shape[1] * shape[2])), axis=-1)
+        weights = ops.expand_dims(self._attention_weights(inputs), 1)  # (N, 1, H * W)
         values = ops.reshape(ops.cast(inputs, "float32"), (-1, shape[1] * shape[2], channels))
         context = ops.matmul(weights, values)  # (N, 1, C)
         return ops.cast(ops.reshape(context, (-1, channels)), self.compute_dtype)
 
-    def call(self, inputs):
+    def _transform(self, inputs):
+        """The transformed context `(N, C)`: added to `x`, or the logits of its gate."""
         t = self.reduce(self._context(inputs))
-        t = self.expand(ops.relu(self.norm(t)))
-        t = expand_hw(t)
+        return self.expand(ops.relu(self.norm(t)))
+
+    def _channel_gate(self, inputs):
+        """The gate of `fusion="mul"`, `(N, C)`."""
+        return ops.sigmoid(self._transform(inputs))
+
+    def call(self, inputs):
         if self.fusion == "add":
-            return inputs + t
-        return inputs * ops.sigmoid(t)
+            return inputs + expand_hw(self._transform(inputs))
+        return inputs * expand_hw(self._channel_gate(inputs))
+
+    def gates(self, inputs, training=False):
+        """`{"attention": (N, H, W, 1)}`, the weights of the positions in the context
+        (the softmax over `H * W`; uniform, `1 / (H * W)`, with `pooling="avg"`); with
+        `fusion="mul"` also `"channel"` `(N, C)`. With `fusion="add"` the output is
+        `x + transform(sum_p attention_p * x_p)`."""
+        if self._uniform_pooling(inputs):
+            ones = ops.ones_like(ops.cast(inputs[..., :1], "float32"))
+            attention = ones / spatial_size(inputs)
+        else:
+            shape = ops.shape(inputs)
+            attention = ops.reshape(self._attention_weights(inputs), (-1, shape[1], shape[2], 1))
+        gates = {"attention": ops.cast(attention, self.compute_dtype)}
+        if self.fusion == "mul":
+            gates["channel"] = self._channel_gate(inputs)
+        return gates
 
     def inference_layer(self):
         """Returns a `GlobalContextInference` with the same weights (same outputs)."""
@@ -205,28 +237,41 @@ class GlobalContextInference(GlobalContext):
     # TFLite ops full-int8 export keeps in float (see keras_chanattn.export.verify).
     export_float_ops = ("SOFTMAX", "ADD", "RSQRT")
 
-    def _context(self, inputs):
-        if self.pooling == "avg" or (inputs.shape[1] == 1 and inputs.shape[2] == 1):
-            return super()._context(inputs)
+    def _attention_weights(self, inputs):
         shape = ops.shape(inputs)
         logits = ops.cast(self.context_logits(inputs), "float32")
-        weights = ops.softmax(ops.reshape(logits, (-1, shape[1] * shape[2])), axis=-1)
-        weights = ops.reshape(weights, (-1, shape[1], shape[2], 1))
+        return ops.softmax(ops.reshape(logits, (-1, shape[1] * shape[2])), axis=-1)
+
+    def _context(self, inputs):
+        if self._uniform_pooling(inputs):
+            return super()._context(inputs)
+        shape = ops.shape(inputs)
+        weights = ops.reshape(self._attention_weights(inputs), (-1, shape[1], shape[2], 1))
         context = ops.sum(ops.cast(inputs, "float32") * weights, axis=(1, 2))
         return ops.cast(context, self.compute_dtype)
 
-    def call(self, inputs):
+    def _hidden(self, inputs):
+        """The LayerNorm-ReLU bottleneck vector `(N, C / r)`, in float32."""
         z = ops.cast(self.reduce(self._context(inputs)), "float32")
         mean = ops.mean(z, axis=-1, keepdims=True)
         centred = z - mean
         var = ops.mean(centred * centred, axis=-1, keepdims=True)
         gamma, beta = (ops.cast(w, "float32") for w in (self.norm.gamma, self.norm.beta))
-        h = ops.relu(centred * ops.rsqrt(var + self.epsilon) * gamma + beta)
-        kernel, bias = (ops.cast(w, "float32") for w in (self.expand.kernel, self.expand.bias))
+        return ops.relu(centred * ops.rsqrt(var + self.epsilon) * gamma + beta)
+
+    def _expand_weights(self):
+        return (ops.cast(w, "float32") for w in (self.expand.kernel, self.expand.bias))
+
+    def _channel_gate(self, inputs):
+        kernel, bias = self._expand_weights()
+        gate = ops.sigmoid(ops.matmul(self._hidden(inputs), kernel) + bias)
+        return ops.cast(gate, self.compute_dtype)
+
+    def call(self, inputs):
         if self.fusion == "mul":
-            gate = ops.sigmoid(ops.matmul(h, kernel) + bias)
-            return inputs * expand_hw(ops.cast(gate, self.compute_dtype))
-        negated = ops.matmul(h, -kernel) - bias
+            return inputs * expand_hw(self._channel_gate(inputs))
+        kernel, bias = self._expand_weights()
+        negated = ops.matmul(self._hidden(inputs), -kernel) - bias
         return inputs - expand_hw(ops.cast(negated, self.compute_dtype))
 
     def inference_layer(self):

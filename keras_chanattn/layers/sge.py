@@ -87,6 +87,17 @@ class SpatialGroupEnhance(AttentionLayer):
         self.bias = self.add_weight(name="bias", shape=(self.groups,), initializer="ones")
 
     def call(self, inputs):
+        x, g = self._group_gates(inputs)
+        return _scale_groups(inputs, x, g)
+
+    def gates(self, inputs, training=False):
+        """`{"spatial": g}`, one map per group, `(N, H, W, G)`: map `g` gates channels
+        `[g * C/G, (g + 1) * C/G)`."""
+        return {"spatial": ops.cast(self._group_gates(inputs)[1], self.compute_dtype)}
+
+    def _group_gates(self, inputs):
+        """`(x, g)`: the grouped input `(N, H, W, G, C/G)` and the gates `(N, H, W, G)`,
+        float32."""
         x, t = _group_similarity(inputs, self.groups)
         # Two passes (centre, then square) on every backend: t can be large (x^2 summed).
         t = t - ops.mean(t, axis=(1, 2), keepdims=True)
@@ -94,8 +105,7 @@ class SpatialGroupEnhance(AttentionLayer):
         dof = ops.maximum(n - 1.0, 1.0) if self.unbiased else n
         var = ops.sum(ops.square(t), axis=(1, 2), keepdims=True) / dof
         t = t / (ops.sqrt(ops.maximum(var, _VARIANCE_FLOOR)) + self.epsilon)
-        g = ops.sigmoid(t * ops.cast(self.weight, "float32") + ops.cast(self.bias, "float32"))
-        return _scale_groups(inputs, x, g)
+        return x, ops.sigmoid(t * ops.cast(self.weight, "float32") + ops.cast(self.bias, "float32"))
 
     def inference_layer(self):
         """Returns a `SpatialGroupEnhanceInference` with the same weights (same outputs)."""
@@ -153,7 +163,7 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
     # one of them in this layer works on (N, 1, 1, G) vectors.
     export_float_ops = ("MAXIMUM", "SQRT", "ADD", "DIV")
 
-    def call(self, inputs):
+    def _group_gates(self, inputs):
         x, t = _group_similarity(inputs, self.groups)
         low = ops.min(t, axis=(1, 2), keepdims=True)
         # Any positive spread gives the same outputs; the floor only avoids 0 / 0.
@@ -168,8 +178,7 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
         std = ops.sqrt(var)
         scale = ops.cast(self.weight, "float32") / (std + self.epsilon / spread)
         logits = u * scale - (u_mean * scale - ops.cast(self.bias, "float32"))
-        g = ops.sigmoid(logits)
-        return _scale_groups(inputs, x, g)
+        return x, ops.sigmoid(logits)
 
     def inference_layer(self):
         return self

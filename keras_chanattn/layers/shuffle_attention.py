@@ -102,16 +102,44 @@ class ShuffleAttention(AttentionLayer):
         self.norm_beta = weight("norm_beta", "zeros")
 
     def call(self, inputs):
-        # The instance norm's statistics, per channel over H and W (both halves: the channel
-        # half uses only the mean).
+        gate = self._gate(*self._statistics(inputs))
+        return channel_shuffle(inputs * ops.cast(gate, inputs.dtype), 2)
+
+    def gates(self, inputs, training=False):
+        """`{"channel": (N, C / 2), "spatial_branch": (N, H, W, C / 2)}`, before the shuffle.
+
+        `"channel"` gates the channel-branch channels, `"spatial_branch"` the spatial-branch
+        ones, each in input order: entry `j` is channel `g * C/G + i` (`"channel"`) or
+        `g * C/G + C/(2G) + i` (`"spatial_branch"`), with `g, i = divmod(j, C/(2G))`. The
+        output is the gated input, channel-shuffled with 2 groups.
+        """
+        channels = inputs.shape[-1]
+        shape = ops.shape(inputs)
+        gate = self._gate(*self._statistics(inputs))
+        gate = ops.reshape(
+            gate, (-1, shape[1], shape[2], self.groups, 2, channels // (2 * self.groups))
+        )
+        return {
+            "channel": ops.cast(
+                ops.reshape(gate[:, 0, 0, :, 0, :], (-1, channels // 2)), self.compute_dtype
+            ),
+            "spatial_branch": ops.cast(
+                ops.reshape(gate[:, :, :, :, 1, :], (-1, shape[1], shape[2], channels // 2)),
+                self.compute_dtype,
+            ),
+        }
+
+    def _statistics(self, inputs):
+        """`(centred, mean, inv_std)`: the instance norm's statistics, per channel over H and
+        W, in float32 (both halves: the channel half uses only the mean)."""
         x = ops.cast(inputs, "float32")
         mean = ops.mean(x, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
         centred = x - mean
         var = ops.mean(centred * centred, axis=(1, 2), keepdims=True)
-        return self._gated(inputs, centred, mean, ops.rsqrt(var + self.epsilon))
+        return centred, mean, ops.rsqrt(var + self.epsilon)
 
-    def _gated(self, inputs, centred, mean, inv_std):
-        """`inputs * gate`, channel-shuffled, from the per-channel statistics.
+    def _gate(self, centred, mean, inv_std):
+        """The gate `(N, H, W, C)` in float32, input channel order, from the statistics.
 
         Each channel's gate is `sigmoid(centred * slope + mean * mean_weight + bias)`, with
         vectors of length C built from the shared parameters in the group layout
@@ -131,8 +159,7 @@ class ShuffleAttention(AttentionLayer):
         # bias): no ADD touches the (H, W, C) map (see ShuffleAttentionInference).
         offset = self._scale_channels(mean, per_channel(-cw, zeros))
         offset = offset - per_channel(cb, sw * beta + sb)
-        gate = ops.sigmoid(centred * slope - offset)
-        return channel_shuffle(inputs * ops.cast(gate, inputs.dtype), 2)
+        return ops.sigmoid(centred * slope - offset)
 
     def _scale_channels(self, vector, weights):
         """`vector * weights` for an (N, 1, 1, C) vector and C constant weights."""
@@ -201,7 +228,7 @@ class ShuffleAttentionInference(ShuffleAttention):
     # one of them in this layer works on (N, 1, 1, C) vectors.
     export_float_ops = ("MAXIMUM", "DIV", "ADD", "RSQRT")
 
-    def call(self, inputs):
+    def _statistics(self, inputs):
         x = ops.cast(inputs, "float32")
         mean = ops.mean(x, axis=(1, 2), keepdims=True)
         centred = x - mean
@@ -210,7 +237,7 @@ class ShuffleAttentionInference(ShuffleAttention):
         u = centred * (1.0 / spread)
         var = ops.mean(u * u, axis=(1, 2), keepdims=True)
         inv_std = ops.rsqrt(var + self.epsilon / spread / spread)
-        return self._gated(inputs, u, mean, inv_std)
+        return u, mean, inv_std
 
     def _scale_channels(self, vector, weights):
         # A 1x1 depthwise convolution rather than a MUL by a constant (see the docstring).

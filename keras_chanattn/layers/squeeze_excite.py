@@ -98,11 +98,17 @@ class SqueezeExcite(AttentionLayer):
         self.reduce.build((None, channels))
         self.expand.build((None, hidden))
 
-    def call(self, inputs):
+    def _channel_gate(self, inputs):
         pool = spatial_mean if self.pooling == "avg" else spatial_max
         s = pool(inputs, keepdims=False)
-        s = gate(self.expand(self.reduce(s)), self.gate_activation)
-        return inputs * expand_hw(s)
+        return gate(self.expand(self.reduce(s)), self.gate_activation)
+
+    def call(self, inputs):
+        return inputs * expand_hw(self._channel_gate(inputs))
+
+    def gates(self, inputs, training=False):
+        """`{"channel": s}`, the per-channel weights `(N, C)`."""
+        return {"channel": self._channel_gate(inputs)}
 
     def get_config(self):
         config = super().get_config()

@@ -94,12 +94,19 @@ class StyleRecalibration(AttentionLayer):
         )
         self.bn.build((None, channels))
 
-    def call(self, inputs, training=None):
+    def _channel_gate(self, inputs, training=None):
         mean, std = style_moments(inputs, self.epsilon, self.unbiased, keepdims=False)
         cfc = ops.cast(self.cfc, "float32")
         z = mean * cfc[:, 0] + std * cfc[:, 1]
         z = self.bn(ops.cast(z, self.compute_dtype), training=training)
-        return inputs * expand_hw(ops.sigmoid(z))
+        return ops.sigmoid(z)
+
+    def call(self, inputs, training=None):
+        return inputs * expand_hw(self._channel_gate(inputs, training))
+
+    def gates(self, inputs, training=False):
+        """`{"channel": g}`, the per-channel weights `(N, C)`."""
+        return {"channel": self._channel_gate(inputs, training)}
 
     def inference_layer(self):
         """Returns a `FoldedStyleRecalibration` with the BatchNorm folded into the CFC."""
@@ -206,7 +213,8 @@ class FoldedStyleRecalibration(AttentionLayer):
         self.kernel = self.add_weight(name="kernel", shape=(channels, 2), initializer="zeros")
         self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
 
-    def call(self, inputs):
+    def _channel_gate(self, inputs):
+        """The gate `(N, 1, 1, C)`, in the compute dtype."""
         kernel = ops.cast(self.kernel, "float32")
         x = ops.cast(inputs, "float32")
         norm = 1.0
@@ -228,7 +236,14 @@ class FoldedStyleRecalibration(AttentionLayer):
             + std * (kernel[:, 1] * ops.sqrt(correction) / norm)
             + ops.cast(self.bias, "float32")
         )
-        return inputs * ops.cast(ops.sigmoid(z), self.compute_dtype)
+        return ops.cast(ops.sigmoid(z), self.compute_dtype)
+
+    def call(self, inputs):
+        return inputs * self._channel_gate(inputs)
+
+    def gates(self, inputs, training=False):
+        """`{"channel": g}`, the per-channel weights `(N, C)`."""
+        return {"channel": ops.reshape(self._channel_gate(inputs), (-1, inputs.shape[-1]))}
 
     def get_config(self):
         config = super().get_config()

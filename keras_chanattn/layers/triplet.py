@@ -17,25 +17,37 @@ from keras_chanattn.layers.registry import register_attention
 BRANCHES = ("cw", "hc", "hw")
 
 
-def triplet_gates(inputs, cw, hc, hw=None, training=None):
-    """Mean gate of Triplet Attention's branches on an NHWC tensor, broadcastable to it.
+def triplet_branch_gates(inputs, cw, hc, hw=None, training=None):
+    """Each branch's gate of Triplet Attention on an NHWC tensor, shaped to broadcast to it.
 
     Each `ConvGate` sees its plane with the reference's orientation (rows, cols): `cw`
     the (C, W) plane pooled over H, `hc` the (H, C) plane pooled over W, `hw` the (H, W)
-    plane pooled over C. Returns `(g_cw + g_hc + g_hw) / 3` (or the mean of the first
-    two when `hw` is `None`); `x * gates` equals the reference's mean of `x * g` per branch.
+    plane pooled over C. Returns `{"cw": (N, 1, W, C), "hc": (N, H, 1, C),
+    "hw": (N, H, W, 1)}` (no `"hw"` when `hw` is `None`).
     """
     # The max and mean maps stay apart (`z_pool_maps`): joined, full int8 gives them one scale.
     # (C, W) plane: pool over H -> (N, W, C, 1) maps, rows over C as the reference's (N, H, C, W).
     maps = [ops.transpose(m, (0, 2, 1, 3)) for m in z_pool_maps(inputs, axis=1)]
-    g_cw = ops.transpose(cw(maps, training=training), (0, 3, 2, 1))  # (N, C, W, 1) -> (N, 1, W, C)
+    gates = {"cw": ops.transpose(cw(maps, training=training), (0, 3, 2, 1))}  # -> (N, 1, W, C)
     # (H, C) plane: pool over W -> (N, H, C, 1) maps, rows over H as the reference's (N, W, H, C).
-    g_hc = ops.transpose(hc(z_pool_maps(inputs, axis=2), training=training), (0, 1, 3, 2))
-    total = g_cw + g_hc  # (N, H, W, C)
+    gates["hc"] = ops.transpose(hc(z_pool_maps(inputs, axis=2), training=training), (0, 1, 3, 2))
+    if hw is not None:
+        # (H, W) plane: pool over C -> (N, H, W, 1) maps, CBAM's spatial gate.
+        gates["hw"] = hw(z_pool_maps(inputs, axis=3), training=training)
+    return gates
+
+
+def triplet_gates(inputs, cw, hc, hw=None, training=None):
+    """Mean gate of Triplet Attention's branches on an NHWC tensor, broadcastable to it.
+
+    Returns `(g_cw + g_hc + g_hw) / 3` (or the mean of the first two when `hw` is `None`)
+    of `triplet_branch_gates`; `x * gates` equals the reference's mean of `x * g` per branch.
+    """
+    gates = triplet_branch_gates(inputs, cw, hc, hw, training)
+    total = gates["cw"] + gates["hc"]  # (N, H, W, C)
     if hw is None:
         return total * 0.5
-    # (H, W) plane: pool over C -> (N, H, W, 1) maps, CBAM's spatial gate.
-    return (total + hw(z_pool_maps(inputs, axis=3), training=training)) * (1.0 / 3.0)
+    return (total + gates["hw"]) * (1.0 / 3.0)
 
 
 @register_attention("triplet")
@@ -137,6 +149,12 @@ class TripletAttention(AttentionLayer):
     def call(self, inputs, training=None):
         return inputs * triplet_gates(inputs, self.cw, self.hc, self.hw, training=training)
 
+    def gates(self, inputs, training=False):
+        """`{"cw": (N, 1, W, C), "hc": (N, H, 1, C), "hw": (N, H, W, 1)}`, each branch's
+        gate shaped to broadcast to `x` (no `"hw"` with `no_spatial`); the output is
+        their mean times `x`."""
+        return triplet_branch_gates(inputs, self.cw, self.hc, self.hw, training=training)
+
     def inference_layer(self):
         """Returns a `FoldedTripletAttention` with each BatchNorm folded into its conv."""
         if not self.built:
@@ -206,6 +224,11 @@ class FoldedTripletAttention(AttentionLayer):
 
     def call(self, inputs):
         return inputs * triplet_gates(inputs, self.cw, self.hc, self.hw)
+
+    def gates(self, inputs, training=False):
+        """`{"cw": (N, 1, W, C), "hc": (N, H, 1, C), "hw": (N, H, W, 1)}`, as
+        `TripletAttention.gates`."""
+        return triplet_branch_gates(inputs, self.cw, self.hc, self.hw)
 
     def get_config(self):
         config = super().get_config()

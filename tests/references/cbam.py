@@ -68,6 +68,16 @@ def cbam(layer, x, training=False):
     return spatial_attention(layer.spatial_attention, y, training)
 
 
+def spatial_gate_shapes(layer, input_shape):
+    n, h, w, _ = input_shape
+    return {"spatial": (n, h, w, 1)}
+
+
+def cbam_gate_shapes(layer, input_shape):
+    n, h, w, c = input_shape
+    return {"channel": (n, c), "spatial": (n, h, w, 1)}
+
+
 CHANNEL_MLP_256 = 256 * 16 + 16 + 16 * 256 + 256  # 8,464
 SPATIAL_256 = 2 * 7 * 7 + 2  # conv 98 + BN gamma, beta
 
@@ -100,6 +110,7 @@ CASES = [
             ({"bn_epsilon": 0}, "bn_epsilon"),
         ],
         extra_kwargs=[{"kernel_size": 3}, {"kernel_size": 1}, {"bn_epsilon": 1e-3}],
+        gate_shapes=spatial_gate_shapes,
     ),
     LayerCase(
         name="cbam",
@@ -117,5 +128,6 @@ CASES = [
             {"kernel_size": 3, "gate_activation": "tanh"},
             {"reduction": 2, "divisor": 4, "bn_epsilon": 1e-3},
         ],
+        gate_shapes=cbam_gate_shapes,
     ),
 ]

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_chanattn.testing import multiply_gates
 from tests.references import LayerCase
 from tests.references.numpy_ops import GATES, batch_norm, relu, to_numpy
 
@@ -41,6 +42,22 @@ def gather_excite(layer, x, training=False):
         # Nearest-neighbour upsampling: position (h, w) takes tile (h // E, w // E).
         g = g[:, np.arange(h) // layer.extent][:, :, np.arange(w) // layer.extent]
     return x * g
+
+
+def ge_gate_shapes(layer, input_shape):
+    n, h, w, c = input_shape
+    if getattr(layer, "extent", None) is None:  # the folded (parametric) form has none
+        return {"channel": (n, c)}
+    return {"tiles": (n, -(-h // layer.extent), -(-w // layer.extent), c)}
+
+
+def ge_combine_gates(layer, x, gates):
+    """`x * channel`, or each position times its tile's gate (`"tiles"`, extent E)."""
+    if "tiles" not in gates:
+        return multiply_gates(layer, x, gates)
+    _, h, w, _ = x.shape
+    rows, cols = np.arange(h) // layer.extent, np.arange(w) // layer.extent
+    return x * gates["tiles"][:, rows][:, :, cols]
 
 
 CASES = [
@@ -90,5 +107,7 @@ CASES = [
             "theta": {"parametric": True},
             "theta-plus": {"parametric": True, "use_mlp": True, "reduction": 4},
         },
+        gate_shapes=ge_gate_shapes,
+        combine_gates=ge_combine_gates,
     ),
 ]

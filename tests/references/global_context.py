@@ -16,6 +16,11 @@ def layer_norm(z, norm):
     return (z - mean) / np.sqrt(var + norm.epsilon) * to_numpy(norm.gamma) + to_numpy(norm.beta)
 
 
+def transform(layer, context):
+    """The bottleneck transform of the context vector `(N, C)`."""
+    return _dense(layer.expand, relu(layer_norm(_dense(layer.reduce, context), layer.norm)))
+
+
 def global_context(layer, x, training=False):
     n, h, w, c = x.shape
     if layer.pooling == "avg":
@@ -26,9 +31,27 @@ def global_context(layer, x, training=False):
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         context = np.einsum("np,npc->nc", p, x.reshape(n, h * w, c))
-    t = _dense(layer.expand, relu(layer_norm(_dense(layer.reduce, context), layer.norm)))
-    t = t[:, None, None, :]
+    t = transform(layer, context)[:, None, None, :]
     return x + t if layer.fusion == "add" else x * sigmoid(t)
+
+
+def gc_gate_shapes(layer, input_shape):
+    n, h, w, c = input_shape
+    shapes = {"attention": (n, h, w, 1)}
+    if layer.fusion == "mul":
+        shapes["channel"] = (n, c)
+    return shapes
+
+
+def gc_combine_gates(layer, x, gates):
+    """`x + transform(sum_p attention_p * x_p)`; with `fusion="mul"`, `x * channel`, whose
+    `channel` must be `sigmoid(transform(context))` of that attention's context."""
+    context = np.einsum("nhw,nhwc->nc", gates["attention"][..., 0], x)
+    t = transform(layer, context)
+    if layer.fusion == "add":
+        return x + t[:, None, None, :]
+    np.testing.assert_allclose(gates["channel"], sigmoid(t), atol=1e-5)
+    return x * gates["channel"][:, None, None, :]
 
 
 def params_per_block(channels, hidden):
@@ -63,5 +86,7 @@ CASES = [
             "mul": {"reduction": 4, "fusion": "mul"},
             "avg": {"reduction": 4, "pooling": "avg"},
         },
+        gate_shapes=gc_gate_shapes,
+        combine_gates=gc_combine_gates,
     ),
 ]

@@ -55,6 +55,24 @@ def shuffle_attention(layer, x, training=False):
     return out.transpose(0, 2, 3, 1)
 
 
+def sa_gate_shapes(layer, input_shape):
+    n, h, w, c = input_shape
+    return {"channel": (n, c // 2), "spatial_branch": (n, h, w, c // 2)}
+
+
+def sa_combine_gates(layer, x, gates):
+    """Each group's channel half times `"channel"`, its spatial half times
+    `"spatial_branch"` (both over the branch's channels in input order), then the shuffle."""
+    n, h, w, c = x.shape
+    half = c // (2 * layer.groups)
+    gate = np.empty((n, h, w, layer.groups, 2, half))
+    gate[..., 0, :] = gates["channel"].reshape(n, 1, 1, layer.groups, half)
+    gate[..., 1, :] = gates["spatial_branch"].reshape(n, h, w, layer.groups, half)
+    out = x * gate.reshape(n, h, w, c)
+    # Channel shuffle with 2 groups: channel k * C/2 + i moves to 2 * i + k.
+    return out.reshape(n, h, w, 2, c // 2).transpose(0, 1, 2, 4, 3).reshape(n, h, w, c)
+
+
 CASES = [
     LayerCase(
         name="se",
@@ -113,5 +131,7 @@ CASES = [
             ({"epsilon": 0}, "epsilon"),
         ],
         extra_kwargs=[{"groups": 1}, {"groups": 8}],
+        gate_shapes=sa_gate_shapes,
+        combine_gates=sa_combine_gates,
     ),
 ]

@@ -22,6 +22,12 @@ def spatial_group_enhance(layer, x, training=False):
     return out.reshape(b, c, h, w).transpose(0, 2, 3, 1)
 
 
+def sge_gate_shapes(layer, input_shape):
+    """One map per group; the default `multiply_gates` applies map g to group g's channels."""
+    n, h, w, _ = input_shape
+    return {"spatial": (n, h, w, layer.groups)}
+
+
 CASES = [
     LayerCase(
         name="sge",
@@ -34,5 +40,6 @@ CASES = [
             ({"epsilon": 0}, "epsilon"),
         ],
         extra_kwargs=[{"groups": 1}, {"groups": 16}, {"unbiased": False}, {"epsilon": 1e-3}],
+        gate_shapes=sge_gate_shapes,
     ),
 ]

@@ -22,6 +22,19 @@ def triplet_attention(layer, x, training=False):
     return out.transpose(0, 2, 3, 1)
 
 
+def triplet_gate_shapes(layer, input_shape):
+    n, h, w, c = input_shape
+    shapes = {"cw": (n, 1, w, c), "hc": (n, h, 1, c), "hw": (n, h, w, 1)}
+    if layer.no_spatial:
+        del shapes["hw"]
+    return shapes
+
+
+def triplet_combine_gates(layer, x, gates):
+    """The mean over the branches of `x` times the branch's gate (broadcast)."""
+    return sum(x * gate for gate in gates.values()) / len(gates)
+
+
 CASES = [
     LayerCase(
         name="triplet",
@@ -39,5 +52,7 @@ CASES = [
             {"kernel_size": 5, "no_spatial": True, "bn_epsilon": 1e-3},
         ],
         export_variants={"no-spatial": {"no_spatial": True}},
+        gate_shapes=triplet_gate_shapes,
+        combine_gates=triplet_combine_gates,
     ),
 ]
