@@ -255,16 +255,27 @@ def _layer_calls(model, path=()):
             if not node.is_input and isinstance(node.operation, keras.layers.Layer)
         ]
     else:
-        raise ValueError(
-            f"Model {model.name!r} ({type(model).__name__}) is a subclassed model: its layers "
-            "are called from Python code that Grad-CAM cannot reach. Build it functionally "
-            "(keras.Model(inputs, outputs)) or as a keras.Sequential."
-        )
+        raise _subclassed_error(model)
     for layer, outputs in layers_and_outputs:
-        if isinstance(layer, keras.Model):
+        if _is_walkable(layer):
             yield from _layer_calls(layer, (*path, layer))
         elif not isinstance(layer, keras.layers.InputLayer):
             yield layer, outputs, path
+
+
+def _is_walkable(layer):
+    """Whether Grad-CAM can run `layer` layer by layer: a functional or Sequential model.
+
+    A nested subclassed model is run whole, as any other layer."""
+    return isinstance(layer, keras.Sequential) or keras_graph.is_functional(layer)
+
+
+def _subclassed_error(model):
+    return ValueError(
+        f"Model {model.name!r} ({type(model).__name__}) is a subclassed model: its layers "
+        "are called from Python code that Grad-CAM cannot reach. Build it functionally "
+        "(keras.Model(inputs, outputs)) or as a keras.Sequential."
+    )
 
 
 def _sequential_outputs(model, layer):
@@ -290,6 +301,8 @@ def _check_classifier(model):
     """The number of classes of `model` (single NHWC input, single `(N, classes)` output)."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"grad_cam takes a keras.Model, got {type(model).__name__}.")
+    if not _is_walkable(model):
+        raise _subclassed_error(model)
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
@@ -394,7 +407,7 @@ def _final_layer(model, path=()):
     else:
         node = keras_graph.producer_node(model.outputs[0])
         layer, inputs = node.operation, node.input_tensors
-    if isinstance(layer, keras.Model):
+    if _is_walkable(layer):
         return _final_layer(layer, (*path, layer))
     if not isinstance(layer, keras.layers.Layer) or len(inputs) != 1:
         return None, None, path
