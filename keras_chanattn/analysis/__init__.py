@@ -5,6 +5,7 @@ from keras_chanattn.analysis.figures import (
     gate_histograms,
     top_activating_grid,
 )
+from keras_chanattn.analysis.gates import attention_layers, channel_weights, collect_gates
 from keras_chanattn.analysis.gradcam import (
     GradCAMResult,
     cam_from_gradients,
@@ -30,6 +31,9 @@ from keras_chanattn.analysis.stats import (
 )
 
 __all__ = [
+    "attention_layers",
+    "channel_weights",
+    "collect_gates",
     "GradCAMResult",
     "cam_from_gradients",
     "grad_cam",
