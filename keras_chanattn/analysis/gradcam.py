@@ -58,7 +58,6 @@ class _Plan:
     skip: object = None  # a final softmax layer, passed over to reach the logits
     head: object = None  # a final layer with a softmax activation ...
     linear_head: object = None  # ... and its linear twin that gives the logits
-    classes: int = 0
 
 
 def grad_cam(model, images, layer=None, class_index=None, batch_size=32, plus_plus=False):
@@ -99,8 +98,8 @@ def grad_cam(model, images, layer=None, class_index=None, batch_size=32, plus_pl
     """
     _check_backend()
     classes = _check_classifier(model)
-    target, feature_shape = resolve_layer(model, layer)
-    plan = _plan(model, target, classes)
+    target, _ = resolve_layer(model, layer)
+    plan = _plan(model, target)
     images = _check_images(model, images)
     indices = _check_class_index(class_index, len(images), classes)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
@@ -371,14 +370,14 @@ def _check_class_index(class_index, count, classes):
     return array.astype("int64")
 
 
-def _plan(model, target, classes):
+def _plan(model, target):
     """Which nested models to enter (on the way to `target` and to the final layer), and
     how the pre-softmax logits are reached, if they can be."""
     containers = set()
     for layer, _, path in _layer_calls(model):
         if layer is target:
             containers.update(id(m) for m in path)
-    plan = _Plan(target=target, containers=containers, classes=classes)
+    plan = _Plan(target=target, containers=containers)
     final, final_input, path = _final_layer(model)
     if final is None or final is target:
         return plan
@@ -419,6 +418,9 @@ def _linear_twin(layer, layer_input):
     layer cannot be re-created so (the output score is then used)."""
     try:
         config = dict(layer.get_config(), activation="linear")
+        for key in ("kernel_initializer", "bias_initializer"):
+            if key in config:  # overwritten below: leave the global random state alone
+                config[key] = "zeros"
         twin = type(layer).from_config(config)
         twin.build(tuple(layer_input.shape))
         twin.set_weights(layer.get_weights())
