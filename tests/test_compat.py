@@ -43,6 +43,28 @@ def test_keras_functional_nodes_by_depth():
     assert [parent.operation.name for parent in nodes[-1].parent_nodes] == ["image", "attention"]
 
 
+def test_keras_node_arguments_args_and_kwargs():
+    inputs = keras.Input((4, 4, 8), name="image")
+    conv = keras.layers.Conv2D(8, 1, name="conv")(inputs)
+    added = keras.layers.Add(name="add")([inputs, conv])
+    outputs = keras.layers.Dropout(0.5, name="dropout")(added, training=False)
+    nodes = keras_graph.graph_nodes(keras.Model(inputs, outputs))
+    _keras_graph_requires(nodes[-1], "arguments")
+    for attribute in ("args", "kwargs"):
+        _keras_graph_requires(nodes[-1].arguments, attribute)
+    calls = {node.operation.name: keras_graph.call_arguments(node) for node in nodes}
+    assert calls["image"] == ((), {})
+    args, kwargs = calls["add"]
+    assert kwargs == {} and len(args) == 1
+    assert args[0][0] is inputs and args[0][1] is conv
+    args, kwargs = calls["dropout"]
+    assert len(args) == 1 and args[0] is added
+    assert kwargs == {"training": False}, (
+        "Node.arguments no longer records the call's keyword arguments: adapt "
+        "keras_chanattn/_compat/keras_graph.py's call_arguments"
+    )
+
+
 def test_keras_tensor_keras_history():
     model = _keras_graph_model()
     _keras_graph_requires(model.output, "_keras_history")

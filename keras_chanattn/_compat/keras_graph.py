@@ -1,9 +1,10 @@
 """Walking a Keras 3 functional graph: its nodes, the producer of a tensor, nested layers.
 
 Keras has no public API for the nodes of a functional model (one call of a layer, with its
-input and output tensors) or for the layer that produced a symbolic tensor; `add_attention`
-and the FLOPs counter need both. The private attributes they rest on (`_nodes_by_depth`,
-`_keras_history`, `_inbound_nodes`, `_flatten_layers`) are read here only, and
+input and output tensors and the arguments it was called with) or for the layer that
+produced a symbolic tensor; `add_attention`, the FLOPs counter and Grad-CAM need them. The
+private attributes they rest on (`_nodes_by_depth`, `_keras_history`, `_inbound_nodes`,
+`_flatten_layers`, a node's `arguments.args` and `.kwargs`) are read here only, and
 `tests/test_compat.py` names each one if a Keras release removes it.
 """
 
@@ -28,10 +29,21 @@ def graph_nodes(model):
     """The nodes (layer calls) of functional `model`, from its inputs to its outputs.
 
     Each node has `operation`, `input_tensors`, `outputs`, `parent_nodes`, `is_input` and
-    `arguments` (the call's `args` and `kwargs`). A nested model is one node.
+    `arguments` (read with `call_arguments`). A nested model is one node.
     """
     by_depth = model._nodes_by_depth  # {depth from the outputs: [node, ...]}
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def call_arguments(node):
+    """`(args, kwargs)` of the call that `node` records: the symbolic tensors and other
+    values the layer was called with, e.g. `((x,), {"training": False})`.
+
+    Replacing each `keras.KerasTensor` in them by a value re-runs the call eagerly
+    (Grad-CAM runs a model layer by layer so).
+    """
+    arguments = node.arguments  # a private SymbolicArguments
+    return tuple(arguments.args), dict(arguments.kwargs)
 
 
 def producer(tensor):

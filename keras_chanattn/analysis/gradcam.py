@@ -480,8 +480,9 @@ class _Runner:
         for node in keras_graph.graph_nodes(model):
             if node.is_input or any(id(t) not in values for t in node.input_tensors):
                 continue
-            args = keras.tree.map_structure(fill, node.arguments.args)
-            kwargs = keras.tree.map_structure(fill, node.arguments.kwargs)
+            args, kwargs = keras_graph.call_arguments(node)
+            args = keras.tree.map_structure(fill, args)
+            kwargs = keras.tree.map_structure(fill, kwargs)
             outputs = self.call(node.operation, args, kwargs)
             flat = keras.tree.flatten(outputs)
             values.update(zip((id(t) for t in node.outputs), flat, strict=True))
