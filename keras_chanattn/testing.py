@@ -68,6 +68,10 @@ class LayerCase:
         combine_gates: `combine_gates(layer, x, gates) -> np.ndarray`, the block's output
             from its input and its gates (NumPy arrays), in NumPy, independently of the
             layer's code (it may read the layer's weights). Defaults to `multiply_gates`.
+        sliceable: whether the block declares `slice_channels` (pruning can remove its
+            channels); the slicing suite checks a slice against `reference` on the input
+            with the removed channels zeroed, and that the others refuse clearly.
+            Defaults to `False`.
     """
 
     name: str
@@ -82,6 +86,7 @@ class LayerCase:
     known_export_failures: dict = dataclasses.field(default_factory=dict)
     gate_shapes: Callable = channel_gate_shapes
     combine_gates: Callable = multiply_gates
+    sliceable: bool = False
 
 
 def randomize_weights(layer, seed=0, scale=0.5, rng=None):

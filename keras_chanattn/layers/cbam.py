@@ -16,11 +16,14 @@ from keras_chanattn.layers.common import (
     check_bool,
     check_channels_last,
     check_choice,
+    check_keep,
     check_positive_float,
     check_positive_int,
     check_ratio,
     expand_hw,
     gate,
+    kept_hidden_width,
+    slice_weights,
     spatial_max,
     spatial_mean,
 )
@@ -282,6 +285,14 @@ def _arguments(layer, names):
     return {key: getattr(layer, key) for key in names}
 
 
+def _merged_weights(layer, parts):
+    """`layer.weights`' values in order, from `(sub_layer, values)` pairs of its parts."""
+    values = {}
+    for part, part_values in parts:
+        values.update(zip((id(v) for v in part.weights), part_values, strict=True))
+    return [values[id(variable)] for variable in layer.weights]
+
+
 @register_attention("channel_attention")
 class ChannelAttention(AttentionLayer):
     """CBAM's channel attention: a shared MLP over average- and max-pooled channels.
@@ -314,6 +325,8 @@ class ChannelAttention(AttentionLayer):
     >>> y = ChannelAttention(reduction=16)(x)
     """
 
+    slice_refusal = None
+
     def __init__(
         self, reduction=16, min_channels=8, divisor=None, gate_activation="sigmoid", **kwargs
     ):
@@ -344,6 +357,17 @@ class ChannelAttention(AttentionLayer):
     def gates(self, inputs, training=False):
         """`{"channel": s}`, the per-channel weights `(N, C)`."""
         return {"channel": self._channel_gate(inputs)}
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: the shared MLP's input rows and output columns.
+
+        As `SqueezeExcite.slice_channels`: every hidden unit stays, and a zero channel
+        (pooled to zero by both the mean and, after a ReLU, the max) adds nothing to them.
+        """
+        keep = check_keep(self, keep, self.expand.units)
+        config = kept_hidden_width(self.get_config(), self.reduce.units, len(keep))
+        axes = {"reduce/kernel": 0, "expand/kernel": 1, "expand/bias": 0}
+        return config, slice_weights(self, keep, axes)
 
     def get_config(self):
         config = super().get_config()
@@ -391,6 +415,8 @@ class SpatialAttention(AttentionLayer):
     >>> y = SpatialAttention(kernel_size=7)(x)
     """
 
+    slice_refusal = None
+
     def __init__(
         self,
         kernel_size=7,
@@ -425,6 +451,22 @@ class SpatialAttention(AttentionLayer):
     def gates(self, inputs, training=False):
         """`{"spatial": g}`, the map `(N, H, W, 1)` gating every channel."""
         return {"spatial": spatial_gate(self.gate, inputs, training)}
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: its convolution's mean input scaled by `C / C'`.
+
+        The mean over the `C'` kept channels is `C / C'` times the mean over all `C` with
+        the others zero; the kernel slice that reads the mean takes the factor back. The
+        maximum over the kept channels equals the maximum over all of them wherever it is
+        >= 0, so on inputs after a ReLU (every prunable site of the builders) the gate is
+        unchanged; on negative maps the slice approximates it.
+        """
+        keep = check_keep(self, keep, self.channels)
+        weights = slice_weights(self, keep, {})
+        for index, variable in enumerate(self.weights):
+            if variable.path.endswith("gate/conv/kernel"):
+                weights[index][:, :, 1:] *= len(keep) / self.channels
+        return self.get_config(), weights
 
     def inference_layer(self):
         """Returns a `FoldedSpatialAttention` with the BatchNorm folded into the convolution."""
@@ -539,6 +581,8 @@ class CBAM(AttentionLayer):
     >>> y = CBAM(reduction=16, kernel_size=7)(x)
     """
 
+    slice_refusal = None
+
     paper_figures = {
         "resnet50": {"delta": 2_532_592, "gflops": 4.14, "top1": 77.63, "base_top1": 76.38},
     }
@@ -580,6 +624,21 @@ class CBAM(AttentionLayer):
     def gates(self, inputs, training=False):
         """`{"channel": (N, C), "spatial": (N, H, W, 1)}`; see `cbam_gates`."""
         return cbam_gates(self, inputs, training)
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: each half sliced (see their `slice_channels`)."""
+        channel_config, channel_weights = self.channel_attention.slice_channels(keep)
+        _, spatial_weights = self.spatial_attention.slice_channels(keep)
+        config = self.get_config()
+        config.update({key: channel_config[key] for key in CHANNEL_ARGUMENTS})
+        weights = _merged_weights(
+            self,
+            [
+                (self.channel_attention, channel_weights),
+                (self.spatial_attention, spatial_weights),
+            ],
+        )
+        return config, weights
 
     def inference_layer(self):
         """Returns a `FoldedCBAM` with the spatial BatchNorm folded into its convolution."""

@@ -259,6 +259,58 @@ def config_activation(value, name="activation"):
     return value
 
 
+def check_keep(layer, keep, channels=None):
+    """`keep` as a sorted int array of distinct channel indices, or a clear `ValueError`.
+
+    `channels`, where known, is the block's input channel count that the indices must lie
+    below. At least one channel must be kept: a block on no channels is no block.
+    """
+    array = np.asarray(keep)
+    what = f"{type(layer).__name__} {layer.name!r}"
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"slice_channels of {what} takes a non-empty 1-D list of channel indices (ints), "
+            f"got {keep!r}."
+        )
+    array = np.sort(array.astype(np.int64))
+    if len(np.unique(array)) != len(array) or array[0] < 0:
+        raise ValueError(f"slice_channels of {what}: channel indices must be distinct and >= 0.")
+    if channels is not None and array[-1] >= channels:
+        raise ValueError(
+            f"slice_channels of {what}: channel index {int(array[-1])} is out of range for its "
+            f"{channels} channels."
+        )
+    return array
+
+
+def slice_weights(layer, keep, axes):
+    """Copies of `layer.weights` (in that order) with channels `keep` taken along an axis.
+
+    `axes` maps the end of a variable's path (`"reduce/kernel"`, `"bn/gamma"`) to the axis
+    that indexes the block's channels; the other variables are copied whole. A block's
+    `slice_channels` declares its per-channel weights this way.
+    """
+    sliced = []
+    for variable in layer.weights:
+        value = np.asarray(ops.convert_to_numpy(variable))
+        axis = next((a for end, a in axes.items() if variable.path.endswith(end)), None)
+        sliced.append(value if axis is None else np.take(value, keep, axis=axis))
+    return sliced
+
+
+def kept_hidden_width(config, hidden, channels):
+    """`config` updated so that a bottleneck MLP keeps `hidden` units on `channels` inputs.
+
+    `reduced_channels(channels, reduction, min_channels, divisor)` then gives `hidden`
+    exactly: the slice keeps every hidden unit and removes inputs and outputs only.
+    """
+    config.update(reduction=max(1.0, channels / hidden), min_channels=hidden, divisor=None)
+    return config
+
+
+BN_SLICE_AXES = {"gamma": 0, "beta": 0, "moving_mean": 0, "moving_variance": 0}
+
+
 # The function `recording_block_inputs` installs: each block's call hands it `(layer, input)`.
 _INPUT_RECORDER = contextvars.ContextVar("keras_chanattn_input_recorder", default=None)
 
@@ -369,9 +421,16 @@ class AttentionLayer(keras.layers.Layer):
 
     Each block computes them with the code its `call` uses; the inference form has the
     same names. Integer inputs are cast as for `call`.
+
+    `slice_channels(keep)` returns `(config, weights)` of the block on the kept input
+    channels only (for `keras_chanattn.prune`): a block whose per-channel weights can be
+    taken apart declares it, computing on the kept channels what it computed on them
+    with the others zero. The others set `slice_refusal`, the reason they cannot.
     """
 
     paper_figures = {}
+    # Why the block cannot be sliced (see `slice_channels`); `None` for blocks that can.
+    slice_refusal = "it declares no `slice_channels`"
 
     def __init_subclass__(cls, **kwargs):
         # Every block's own `call` and `gates` cast integer (or bool) inputs to its compute
@@ -399,6 +458,21 @@ class AttentionLayer(keras.layers.Layer):
             "Define it to return the block's gates as {name: tensor}, e.g. "
             '{"channel": s} for a per-channel gate s of shape (N, C), computed by the '
             "code `call` uses (see AttentionLayer's docstring and CONTRIBUTING.md)."
+        )
+
+    def slice_channels(self, keep):
+        """`(config, weights)` of this block on the input channels `keep` only.
+
+        `type(self).from_config(config)`, built on `len(keep)` channels, takes `weights`
+        and computes on the kept channels what this block computes on them when the other
+        channels are zero. Blocks that cannot be sliced raise a `ValueError` naming the
+        blocks that can.
+        """
+        from keras_chanattn.layers.registry import sliceable_attention
+
+        raise ValueError(
+            f"{type(self).__name__} ({self.name!r}) cannot be sliced: {self.slice_refusal}. "
+            f"Prunable blocks: {', '.join(sliceable_attention())}."
         )
 
     @classmethod

@@ -58,6 +58,10 @@ class EfficientChannelAttention(AttentionLayer):
     >>> y = EfficientChannelAttention()(x)  # kernel size 5 for 256 channels
     """
 
+    slice_refusal = (
+        "its 1-D convolution runs across neighbouring channels, so removing a channel would "
+        "change the gates of the channels beside it"
+    )
     paper_figures = {
         "resnet50": {"delta": 80, "gflops": 3.86, "top1": 77.48, "base_top1": 75.20},
     }

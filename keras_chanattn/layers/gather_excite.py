@@ -1,21 +1,26 @@
 """Gather-Excite: Exploiting Feature Context in CNNs (Hu et al., NeurIPS 2018): https://arxiv.org/abs/1810.12348"""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_chanattn.layers.common import (
+    BN_SLICE_AXES,
     GATE_ACTIVATIONS,
     AttentionLayer,
     channels_from_shape,
     check_bn_momentum,
     check_bool,
     check_choice,
+    check_keep,
     check_positive_float,
     check_positive_int,
     check_ratio,
     config_activation,
     expand_hw,
     gate,
+    kept_hidden_width,
+    slice_weights,
     spatial_mean,
 )
 from keras_chanattn.layers.registry import register_attention
@@ -275,6 +280,8 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
     >>> y = GatherExcite(parametric=True, use_mlp=True)(x)  # GE-theta-plus
     """
 
+    slice_refusal = None
+
     def __init__(
         self,
         extent=None,
@@ -346,6 +353,42 @@ class GatherExcite(_ExciteMixin, AttentionLayer):
         the per-channel gate of each `E x E` tile, `(N, ceil(H / E), ceil(W / E), C)`
         (position `(h, w)` takes tile `(h // E, w // E)`)."""
         return {"channel" if self.extent is None else "tiles": self._gate(inputs, training)}
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: its gather kernel, BatchNorm and MLP sliced.
+
+        Each channel's context is gathered from that channel alone, and a zero channel adds
+        nothing to the MLP's hidden units (all of which stay), so the kept gates are
+        unchanged. With the parametric gather and the MLP, a zero channel's context is the
+        BatchNorm's constant `beta - mean * gamma / sqrt(var + eps)`: its share of the
+        hidden units moves into their bias (exact in inference mode).
+        """
+        channels = None
+        if self.parametric:
+            channels = self.gather_kernel.shape[2]
+        elif self.use_mlp:
+            channels = self.expand.units
+        keep = check_keep(self, keep, channels)
+        config = self.get_config()
+        if self.use_mlp:
+            config = kept_hidden_width(config, self.reduce.units, len(keep))
+        axes = {"gather_kernel": 2, **BN_SLICE_AXES}
+        axes.update({"reduce/kernel": 0, "expand/kernel": 1, "expand/bias": 0})
+        weights = slice_weights(self, keep, axes)
+        if self.parametric and self.use_mlp:
+            self._fold_removed_contexts(keep, weights)
+        return config, weights
+
+    def _fold_removed_contexts(self, keep, weights):
+        """Adds the removed channels' constant share of the hidden units to their bias."""
+        removed = np.setdiff1d(np.arange(self.gather_kernel.shape[2]), keep)
+        bn = {name: ops.convert_to_numpy(getattr(self.bn, name)) for name in BN_SLICE_AXES}
+        scale = bn["gamma"] / np.sqrt(bn["moving_variance"] + self.bn_epsilon)
+        constant = (bn["beta"] - bn["moving_mean"] * scale)[removed]
+        kernel = ops.convert_to_numpy(self.reduce.kernel)[removed]
+        for index, variable in enumerate(self.weights):
+            if variable.path.endswith("reduce/bias"):
+                weights[index] = weights[index] + constant @ kernel
 
     def inference_layer(self):
         """Returns a `FoldedGatherExcite` with the BatchNorm folded into the gather.

@@ -39,6 +39,11 @@ def list_attention():
     return sorted(_REGISTRY)
 
 
+def sliceable_attention():
+    """The registered names whose block declares `slice_channels` (what pruning can slice)."""
+    return [name for name in list_attention() if _REGISTRY[name].slice_refusal is None]
+
+
 def get_attention_class(name):
     """Returns the layer class registered under `name`; unknown names raise `ValueError`."""
     key = name.lower() if isinstance(name, str) else name

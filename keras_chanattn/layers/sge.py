@@ -58,6 +58,10 @@ class SpatialGroupEnhance(AttentionLayer):
     >>> y = SpatialGroupEnhance(groups=64)(x)  # 128 parameters
     """
 
+    slice_refusal = (
+        "its groups are equal runs of consecutive channels, which removing channels "
+        "unevenly across groups breaks (the slice would not be a smaller SGE block)"
+    )
     paper_figures = {
         "resnet50": {"delta": 2_048, "gflops": 4.13, "top1": 77.58, "base_top1": 76.38},
     }

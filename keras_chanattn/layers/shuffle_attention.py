@@ -59,6 +59,10 @@ class ShuffleAttention(AttentionLayer):
     >>> y = ShuffleAttention(groups=64)(x)
     """
 
+    slice_refusal = (
+        "its groups and channel shuffle tie channels together: removing one moves the "
+        "others between branches (and the groups must divide the channels)"
+    )
     paper_figures = {
         "resnet50": {"delta": 708, "gflops": 4.12, "top1": 77.72, "base_top1": 76.38},
     }

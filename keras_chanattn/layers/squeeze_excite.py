@@ -7,12 +7,15 @@ from keras_chanattn.layers.common import (
     AttentionLayer,
     channels_from_shape,
     check_choice,
+    check_keep,
     check_positive_int,
     check_ratio,
     config_activation,
     expand_hw,
     gate,
+    kept_hidden_width,
     make_divisible,
+    slice_weights,
     spatial_max,
     spatial_mean,
 )
@@ -66,6 +69,7 @@ class SqueezeExcite(AttentionLayer):
     >>> y = SqueezeExcite(reduction=16)(x)
     """
 
+    slice_refusal = None
     paper_figures = {
         "resnet50": {"delta": 2_530_992, "gflops": 3.87, "top1": 76.80, "base_top1": 75.89},
     }
@@ -109,6 +113,18 @@ class SqueezeExcite(AttentionLayer):
     def gates(self, inputs, training=False):
         """`{"channel": s}`, the per-channel weights `(N, C)`."""
         return {"channel": self._channel_gate(inputs)}
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: the MLP's input rows and output columns of them.
+
+        Every hidden unit stays (the config fixes the width: `min_channels` = the width);
+        a zero channel pools to zero and adds nothing to the hidden units, so the kept
+        channels' gates are unchanged.
+        """
+        keep = check_keep(self, keep, self.expand.units)
+        config = kept_hidden_width(self.get_config(), self.reduce.units, len(keep))
+        axes = {"reduce/kernel": 0, "expand/kernel": 1, "expand/bias": 0}
+        return config, slice_weights(self, keep, axes)
 
     def get_config(self):
         config = super().get_config()

@@ -4,12 +4,15 @@ import keras
 from keras import ops
 
 from keras_chanattn.layers.common import (
+    BN_SLICE_AXES,
     AttentionLayer,
     channels_from_shape,
     check_bn_momentum,
     check_bool,
+    check_keep,
     check_positive_float,
     expand_hw,
+    slice_weights,
     spatial_size,
     style_moments,
 )
@@ -58,6 +61,7 @@ class StyleRecalibration(AttentionLayer):
     >>> y = StyleRecalibration()(x)
     """
 
+    slice_refusal = None
     paper_figures = {
         "resnet50": {"delta": 60_416, "gflops": 3.88, "top1": 77.13, "base_top1": 75.89},
     }
@@ -107,6 +111,14 @@ class StyleRecalibration(AttentionLayer):
     def gates(self, inputs, training=False):
         """`{"channel": g}`, the per-channel weights `(N, C)`."""
         return {"channel": self._channel_gate(inputs, training)}
+
+    def slice_channels(self, keep):
+        """The block on channels `keep`: their CFC rows and BatchNorm parameters.
+
+        Each channel's gate reads its own statistics only, so the kept gates are unchanged.
+        """
+        keep = check_keep(self, keep, self.cfc.shape[0])
+        return self.get_config(), slice_weights(self, keep, {"cfc": 0, **BN_SLICE_AXES})
 
     def inference_layer(self):
         """Returns a `FoldedStyleRecalibration` with the BatchNorm folded into the CFC."""

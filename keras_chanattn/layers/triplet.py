@@ -100,6 +100,10 @@ class TripletAttention(AttentionLayer):
     >>> y = TripletAttention(kernel_size=7)(x)
     """
 
+    slice_refusal = (
+        "two of its branches convolve across the channel axis, so removing a channel "
+        "changes its neighbours' gates"
+    )
     paper_figures = {
         "resnet50": {"delta": 4_800, "gflops": 4.17, "top1": 77.48, "base_top1": None},
     }

@@ -84,6 +84,7 @@ SPATIAL_256 = 2 * 7 * 7 + 2  # conv 98 + BN gamma, beta
 CASES = [
     LayerCase(
         name="channel_attention",
+        sliceable=True,
         reference=channel_attention,
         kwargs={"reduction": 4},
         params_256=({}, CHANNEL_MLP_256, 0),
@@ -101,6 +102,7 @@ CASES = [
     ),
     LayerCase(
         name="spatial_attention",
+        sliceable=True,
         reference=spatial_attention,
         params_256=({}, SPATIAL_256, 2),
         invalid=[
@@ -114,6 +116,7 @@ CASES = [
     ),
     LayerCase(
         name="cbam",
+        sliceable=True,
         reference=cbam,
         kwargs={"reduction": 4},
         params_256=({}, CHANNEL_MLP_256 + SPATIAL_256, 2),

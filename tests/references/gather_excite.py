@@ -63,6 +63,7 @@ def ge_combine_gates(layer, x, gates):
 CASES = [
     LayerCase(
         name="ge",
+        sliceable=True,
         reference=gather_excite,
         # The registry-wide suite needs trainable weights and unknown H, W: a tiled
         # parameter-free gather with the MLP (extent 4: 2x2 tiles on 7x5, border tiles

@@ -76,6 +76,7 @@ def sa_combine_gates(layer, x, gates):
 CASES = [
     LayerCase(
         name="se",
+        sliceable=True,
         reference=squeeze_excite,
         kwargs={"reduction": 4},
         params_256=({}, 2 * 256 * 16 + 16 + 256, 0),
@@ -96,6 +97,7 @@ CASES = [
     ),
     LayerCase(
         name="srm",
+        sliceable=True,
         reference=style_recalibration,
         params_256=({}, 2 * 256 + 2 * 256, 2 * 256),
         invalid=[
