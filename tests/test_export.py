@@ -690,8 +690,8 @@ def test_relative_error_failure_gives_the_per_image_errors():
 
 def test_prepared_model_shares_one_saved_model_and_the_keras_outputs(tmp_path, monkeypatch):
     """With one `PreparedModel`, the SavedModel and every format come from one batch-1
-    SavedModel, written once, and a second format computes no Keras output; the reports are
-    those of exports made alone."""
+    SavedModel, written once, and a second format computes no Keras output; the reports and
+    files are those of exports made alone."""
     model = trained("srm")  # an inference form: the clone is shared too
     calls = {"write_saved_model": 0, "keras_outputs": 0}
 
@@ -709,12 +709,13 @@ def test_prepared_model_shares_one_saved_model_and_the_keras_outputs(tmp_path, m
     with PreparedModel(model) as prepared:
         saved = export_saved_model(model, tmp_path / "saved", prepared=prepared)
         reports = {}
-        for fmt in ("float32", "int8"):
+        # The float formats share one converter: each must set every option it reads.
+        for fmt in ("float16", "dynamic", "float32", "int8"):
             reports[fmt] = export_tflite(
                 model, tmp_path / f"{fmt}.tflite", fmt, calibration_images(), held_out_images(),
                 prepared=prepared,
             )  # fmt: skip
-            if fmt == "float32":
+            if fmt == "float16":
                 keras_calls = calls["keras_outputs"]
         assert calls["keras_outputs"] == keras_calls
         assert calls["write_saved_model"] == 1

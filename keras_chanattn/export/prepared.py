@@ -36,6 +36,8 @@ class PreparedModel:
     - `float_allowlist`: `declared_float_ops(export_model)`.
     - `saved_model(spec)`: a batch-1 SavedModel of `export_model` in a temporary directory,
       written once per image spec; every TFLite format converts it.
+    - `converter(spec)`: a `TFLiteConverter` of that SavedModel, loaded once per spec; the
+      float formats reconfigure and reuse it (each load reads the SavedModel anew).
     - `keras_outputs(images)`: `saved_model.keras_outputs(float_model, images)`, each batch
       computed once (looked up by its content), so the formats' verifications and the
       SavedModel's reload check share the Keras reference outputs.
@@ -69,6 +71,7 @@ class PreparedModel:
         self._outputs = {}
         self._cast_differences = {}
         self._saved_models = {}
+        self._converters = {}
         self._directory = None
 
     def check_model(self, model):
@@ -124,6 +127,17 @@ class PreparedModel:
             self._saved_models[spec] = directory
         return self._saved_models[spec]
 
+    def converter(self, spec):
+        """`tf.lite.TFLiteConverter.from_saved_model(self.saved_model(spec))`, made once per
+        `spec`; its user sets every option it relies on before each conversion."""
+        if spec not in self._converters:
+            import tensorflow as tf
+
+            self._converters[spec] = tf.lite.TFLiteConverter.from_saved_model(
+                self.saved_model(spec)
+            )
+        return self._converters[spec]
+
     def write_saved_model(self, directory, spec, batch_size):
         """`saved_model.write_saved_model(export_model, directory, spec, batch_size)`; a
         batch-1 SavedModel is copied from `saved_model(spec)`, written once."""
@@ -138,6 +152,7 @@ class PreparedModel:
             shutil.rmtree(self._directory, ignore_errors=True)
         self._directory = None
         self._saved_models.clear()
+        self._converters.clear()
         self._outputs.clear()
         self._cast_differences.clear()
 

@@ -48,21 +48,29 @@ def _float_nodes(calibrated, float_allowlist, known_layers):
     return names
 
 
-def _converter(saved_model, quantization, calibration):
-    """A builtin-ops-only converter of the SavedModel, set up for `quantization`."""
+def _converter(prepared, spec, quantization, calibration):
+    """A builtin-ops-only converter of the prepared SavedModel, set up for `quantization`.
+
+    The float formats share one converter (`PreparedModel.converter`), every option they
+    read set here; full int8 gets its own, since calibration marks the converter it runs on.
+    """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantization != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
+        converter = tf.lite.TFLiteConverter.from_saved_model(prepared.saved_model(spec))
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter
+    converter = prepared.converter(spec)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.optimizations = [] if quantization == "float32" else [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16] if quantization == "float16" else []
+    converter.representative_dataset = None
+    converter.inference_input_type = tf.float32
+    converter.inference_output_type = tf.float32
     return converter
 
 
@@ -105,7 +113,7 @@ def _convert(prepared, spec, quantization, calibration, output_margin):
     (`PreparedModel.saved_model`); `notes`: what the int8 conversion widened
     (`_convert_int8`), `{}` in the other formats."""
     export_model = prepared.export_model
-    converter = _converter(prepared.saved_model(spec), quantization, calibration)
+    converter = _converter(prepared, spec, quantization, calibration)
     try:
         if quantization == "int8":
             return _convert_int8(converter, export_model, prepared.float_allowlist, output_margin)
