@@ -22,6 +22,8 @@ BACKBONE_HELP = "a preset: resnet18-152, resnet20-164 (CIFAR) or mobilenet_v2"
 DATA_HELP = "digits, tfds:<name> or an image folder"
 BACKBONE_ARGS_HELP = "builder arguments as JSON, merged over the preset's"
 NO_PLAIN = "skip the backbone without attention"
+GATES_HELP = "require (--gates) or skip (--no-gates) the gates; default: where there are blocks"
+FREE_SIZE = "for models of free input size"
 FORMAT_HELP = "savedmodel, float32, float16, dynamic, int8 or all; repeat or comma-separate"
 
 
@@ -354,6 +356,37 @@ def _bench(args):
         seed=args.seed, verbose=0 if args.quiet else 1, skipped=skipped,
     )  # fmt: skip
     return 0 if all(row["verified"] for row in result.rows) else 1
+
+
+@command(
+    "analyze",
+    "What the attention of .keras models learned: channel-weight statistics, correlation "
+    "heatmaps, top-activating images and Grad-CAM, with a report comparing the models.",
+    [
+        arg("models", nargs="+", metavar="MODEL", help=".keras model files"),
+        arg("--data", default="digits", help=DATA_HELP + "; its validation split is used"),
+        arg("--out", dest="out_dir", required=True, help="output directory"),
+        arg("--layer", help="Grad-CAM's layer (default: the last 4-D feature map)"),
+        arg("--block", help="the top-activating grid's block (default: the last channel gate)"),
+        arg("--samples", type=at_least(2), default=256, help="images the gates are read on"),
+        arg("--top-k", type=positive_int, default=5, help="images per channel in the grid"),
+        arg("--grad-cam-images", type=at_least(0), default=8, help="0 skips Grad-CAM"),
+        arg("--gates", action=argparse.BooleanOptionalAction, help=GATES_HELP),
+        arg("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help=FREE_SIZE),
+        arg("--overwrite", action="store_true", help="replace an earlier analysis in --out"),
+        arg("--seed", type=int, default=0, help="seed of the data's split"),
+    ],
+)
+def _analyze(args):
+    from keras_chanattn.analysis.report import analyze_models
+
+    summary = analyze_models(
+        args.models, args.data, args.out_dir, image_size=args.image_size, samples=args.samples,
+        top_k=args.top_k, grad_cam_images=args.grad_cam_images, layer=args.layer,
+        block=args.block, gates=args.gates, overwrite=args.overwrite, seed=args.seed,
+    )  # fmt: skip
+    print(f"Report: {summary['report']}")
+    return 0
 
 
 @command(

@@ -15,6 +15,7 @@ from keras_chanattn.analysis.gradcam import (
     pointing_hits,
 )
 from keras_chanattn.analysis.overlay import overlay
+from keras_chanattn.analysis.report import analyze_models
 from keras_chanattn.analysis.stats import (
     as_weights,
     channel_correlation,
@@ -31,6 +32,7 @@ from keras_chanattn.analysis.stats import (
 )
 
 __all__ = [
+    "analyze_models",
     "attention_layers",
     "channel_weights",
     "collect_gates",

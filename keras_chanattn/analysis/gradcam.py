@@ -97,7 +97,7 @@ def grad_cam(model, images, layer=None, class_index=None, batch_size=32, plus_pl
             of range, or a bad `batch_size`; all raised before any computation.
     """
     _check_backend()
-    classes = _check_classifier(model)
+    classes = check_classifier(model)
     target, _ = resolve_layer(model, layer)
     plan = _plan(model, target)
     images = _check_images(model, images)
@@ -296,8 +296,10 @@ def _check_backend():
         )
 
 
-def _check_classifier(model):
-    """The number of classes of `model` (single NHWC input, single `(N, classes)` output)."""
+def check_classifier(model):
+    """The number of classes of `model`, or the `ValueError` `grad_cam` raises for a model
+    it cannot explain: one NHWC image input and one `(N, classes)` output, functional or
+    Sequential. Lets a caller refuse such a model before any work."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"grad_cam takes a keras.Model, got {type(model).__name__}.")
     if not _is_walkable(model):
