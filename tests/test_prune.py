@@ -280,3 +280,16 @@ def test_pruned_model_exports_to_verified_int8(tmp_path):
     assert report.passed, report.summary()
     assert report.xnnpack_partitions == 1
     assert (tmp_path / "pruned.tflite").stat().st_size == report.size_bytes
+
+
+def test_layers_also_called_in_another_model_are_not_shared():
+    """Calling the model's layers in another graph (as an export's inference-form rebuild
+    does) adds nodes to them; only calls inside the pruned model's graph count."""
+    model = resnet("se")
+    block = model.get_layer("stage2_block1_attention")
+    block(model.get_layer("stage2_block1_1_conv")(keras.Input((8, 8, 16))))
+    assert len(block._inbound_nodes) == 2  # (private: only to show the setup took)
+    sites, refused = prune.find_prune_sites(model)
+    assert len(sites) == 3 and not refused
+    pruned = prune.prune_by_l1(model, 0.5)
+    assert pruned.get_layer("stage2_block1_2_conv").kernel.shape[2] == 16

@@ -86,32 +86,48 @@ def _describe(layer):
     return f"{layer.name!r} ({type(layer).__name__})"
 
 
-def _check_single_call(layer):
-    if keras_graph.inbound_node(layer, 1) is not None:
-        raise _NotASite(f"{_describe(layer)} is called more than once (a shared layer)")
+class _Graph:
+    """The model's nodes read once: who reads each tensor, the outputs, calls per layer.
+
+    Calls are counted in this model's graph only: a layer also called in another model
+    (a feature extractor built on the same layers) is not shared here.
+    """
+
+    def __init__(self, model):
+        self.nodes = keras_graph.graph_nodes(model)
+        self.consumers, self.calls = {}, {}
+        for node in self.nodes:
+            self.calls[id(node.operation)] = self.calls.get(id(node.operation), 0) + 1
+            for tensor in node.input_tensors:
+                self.consumers.setdefault(id(tensor), []).append(node)
+        self.outputs = {id(tensor) for tensor in keras.tree.flatten(model.outputs)}
+
+    def check_single_call(self, layer):
+        if self.calls.get(id(layer), 0) > 1:
+            raise _NotASite(f"{_describe(layer)} is called more than once (a shared layer)")
 
 
-def _only_consumer(tensor, consumers, outputs):
+def _only_consumer(tensor, graph):
     """The one node that reads `tensor`, or `_NotASite`."""
-    if id(tensor) in outputs:
+    if id(tensor) in graph.outputs:
         raise _NotASite("its channels are a model output")
-    readers = consumers.get(id(tensor), [])
+    readers = graph.consumers.get(id(tensor), [])
     if len(readers) != 1:
         names = ", ".join(_describe(node.operation) for node in readers)
         raise _NotASite(f"its channels also feed other layers ({names})")
     return readers[0]
 
 
-def _walk_back(node, consumers, outputs):
+def _walk_back(node, graph):
     """`(producer, before, scoring_conv)` of the block at `node`."""
     chain, scoring, tensor = [], None, node.input_tensors[0]
     while True:
-        _only_consumer(tensor, consumers, outputs)
+        _only_consumer(tensor, graph)
         parent = keras_graph.producer_node(tensor)
         layer = parent.operation
         if parent.is_input or not isinstance(layer, keras.layers.Layer):
             raise _NotASite("its input does not come from a convolution")
-        _check_single_call(layer)
+        graph.check_single_call(layer)
         if _is_conv(layer):
             if layer.groups != 1:
                 raise _NotASite(f"its producing convolution {_describe(layer)} is grouped")
@@ -124,11 +140,11 @@ def _walk_back(node, consumers, outputs):
         tensor = parent.input_tensors[0]
 
 
-def _walk_forward(node, consumers, outputs):
+def _walk_forward(node, graph):
     """`(consumer, after)` of the block at `node`."""
     chain, tensor = [], node.outputs[0]
     while True:
-        reader = _only_consumer(tensor, consumers, outputs)
+        reader = _only_consumer(tensor, graph)
         layer = reader.operation
         if isinstance(layer, keras.layers.Add) or type(layer).__name__ == "Add":
             raise _NotASite(
@@ -137,7 +153,7 @@ def _walk_forward(node, consumers, outputs):
             )
         if not isinstance(layer, keras.layers.Layer):
             raise _NotASite(f"its output feeds the operation {layer.name!r}")
-        _check_single_call(layer)
+        graph.check_single_call(layer)
         if _is_conv(layer):
             if layer.groups != 1:
                 raise _NotASite(f"its consuming convolution {_describe(layer)} is grouped")
@@ -148,14 +164,14 @@ def _walk_forward(node, consumers, outputs):
         tensor = reader.outputs[0]
 
 
-def _site(node, consumers, outputs):
+def _site(node, graph):
     block = node.operation
-    _check_single_call(block)
+    graph.check_single_call(block)
     channels = node.input_tensors[0].shape[-1]
     if len(node.input_tensors) != 1 or len(node.input_tensors[0].shape) != 4:
         raise _NotASite("it does not take one 4-D feature map")
-    producer, before, scoring = _walk_back(node, consumers, outputs)
-    consumer, after = _walk_forward(node, consumers, outputs)
+    producer, before, scoring = _walk_back(node, graph)
+    consumer, after = _walk_forward(node, graph)
     return PruneSite(
         block=block.name,
         channels=int(channels),
@@ -174,14 +190,9 @@ def find_prune_sites(model):
     model is refused with the advice to prune that model.
     """
     check_functional(model)
-    nodes = keras_graph.graph_nodes(model)
-    consumers = {}
-    for node in nodes:
-        for tensor in node.input_tensors:
-            consumers.setdefault(id(tensor), []).append(node)
-    outputs = {id(tensor) for tensor in keras.tree.flatten(model.outputs)}
+    graph = _Graph(model)
     sites, refused = {}, {}
-    for node in nodes:
+    for node in graph.nodes:
         layer = node.operation
         if isinstance(layer, keras.Model):
             for inner in keras_graph.flatten_layers(layer):
@@ -193,7 +204,7 @@ def find_prune_sites(model):
         if not isinstance(layer, AttentionLayer):
             continue
         try:
-            sites[layer.name] = _site(node, consumers, outputs)
+            sites[layer.name] = _site(node, graph)
         except _NotASite as reason:
             refused[layer.name] = str(reason)
     return sites, refused
