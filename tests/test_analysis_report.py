@@ -138,6 +138,7 @@ def test_arrays_a_chosen_block_stages_by_width_and_labels_of_alike_names(tmp_pat
     assert (first["label"], second["label"]) == ("a_model", "b_model")
     assert first["stages"] == {"stage1": "srm1", "stage2": "se2"}  # se1, srm1: one width
     assert first["top_activating"]["block"] == "se1"
+    assert [row["stage"] for row in first["statistics"]] == ["stage1", "stage1", "stage2"]
     assert summary["figures"]["stage1"]["blocks"] == {"a_model": "srm1", "b_model": "srm1"}
     weights = block_weights(model, "srm1", images)
     assert first["statistics"][1]["layer"] == "srm1"

@@ -42,7 +42,7 @@ from keras_chanattn.tables import Column, format_table
 REPORT = "report.md"
 MARKER = "analysis.json"  # what marks a folder as an earlier analysis (written with it)
 NO_BLOCK = "no attention block"
-STATISTICS_FIELDS = [c.key for c in STATISTICS_COLUMNS] + ["distinct_top_images"]
+STATISTICS_FIELDS = [c.key for c in STATISTICS_COLUMNS] + ["distinct_top_images", "stage"]
 ROW_COLUMNS = (*STATISTICS_COLUMNS[:-1], Column("distinct_top_images", "distinct top"),
                STATISTICS_COLUMNS[-1])  # fmt: skip
 
@@ -61,16 +61,18 @@ class _Subject:
     cam_layer: str | None = None  # Grad-CAM's layer (None: no Grad-CAM)
 
     @property
-    def stages(self):
-        """`{"stage1": last block path, ...}`: runs of blocks of one channel-gate width."""
-        found, previous = [], None
+    def stage_of(self):
+        """`{block path: "stage<n>"}`: a stage is a run of blocks of one channel-gate width."""
+        found, previous, count = {}, None, 0
         for path, channels in self.channel_blocks.items():
-            if channels != previous:
-                found.append(path)
-            else:
-                found[-1] = path
-            previous = channels
-        return {f"stage{i + 1}": path for i, path in enumerate(found)}
+            count += channels != previous
+            found[path], previous = f"stage{count}", channels
+        return found
+
+    @property
+    def stages(self):
+        """`{"stage1": its last block's path, ...}`."""
+        return {stage: path for path, stage in self.stage_of.items()}
 
 
 def analyze_models(
@@ -98,7 +100,7 @@ def analyze_models(
     channel correlation, effective rank, fractions near 0 and 1, distinct top images;
     links to the figures), `analysis.json` (the settings and everything the report says),
     per model `<label>/statistics.csv` and `.json` (`model_statistics` rows plus
-    `distinct_top_images`), `<label>/top_activating.png` and `<label>/grad_cam.png`, and
+    `distinct_top_images` and `stage`), `<label>/top_activating.png` and `<label>/grad_cam.png`, and
     per stage `correlation_<stage>.png` and `gates_<stage>.png` (the models side by side).
 
     Args:
@@ -372,6 +374,8 @@ def _analyze(subject, images, classes, out, settings, batch_size, log):
         collected = collect_gates(subject.model, images, batch_size)
         weights = {path: collected[path]["channel"] for path in subject.channel_blocks}
         rows = _statistics_rows(collected, weights, classes, top_k)
+        for row in rows:
+            row["stage"] = subject.stage_of.get(row["layer"])
         _write_rows(folder, rows)
         summary.update(blocks=list(collected), statistics=rows, gates=None)
     if subject.block is not None:
