@@ -60,8 +60,9 @@ class PipelineConfig:
             ResNet's first stage; e.g. 8 groups for SA and SGE, not the papers' 64).
         data: `"digits"`, `"tfds:<name>"` or an image folder. Defaults to `"digits"`.
         data_kwargs: arguments of the data source (e.g. `{"data_dir": ...}`). Defaults to `{}`.
-        image_size: input height and width. Defaults to `24` (the 8x8 digits need no more;
-            a CIFAR ResNet takes any size from 8 up).
+        image_size: input height and width. Defaults to `16`: the 8x8 digits score as high
+            as at 24 (docs/benchmarks.md) for less than half the work; a CIFAR ResNet takes
+            any size from 8 up.
         train: the fine-tuning recipe, a `keras_chanattn.train.TrainConfig` (its `seed` also
             seeds the data split and the export's probes). Defaults to
             `default_train_config()`.
@@ -83,7 +84,7 @@ class PipelineConfig:
     attention_kwargs: dict = dataclasses.field(default_factory=lambda: small_network_kwargs(16))
     data: str = "digits"
     data_kwargs: dict = dataclasses.field(default_factory=dict)
-    image_size: int = 24
+    image_size: int = 16
     train: TrainConfig = dataclasses.field(default_factory=default_train_config)
     formats: list = dataclasses.field(
         default_factory=lambda: ["float32", "float16", "dynamic", "int8"]
