@@ -86,7 +86,7 @@ def run_block(block, data, args, out):
     report = export_tflite(model, files["unpruned"], "int8", x[:200], xt, enforce=False)
     rows = [dict(block=block, criterion="-", ratio=0.0, acc=accuracy(model, xt, yt),
                  acc_before=None, params=model.count_params(), bytes=report.size_bytes,
-                 verified=report.passed)]  # fmt: skip
+                 verified=report.passed, failures=report.failures)]  # fmt: skip
     for ratio in args.ratios:
         for criterion in args.criteria:
             pruned = pruned_model(model, criterion, ratio, x[:256])
@@ -98,7 +98,7 @@ def run_block(block, data, args, out):
             rows.append(dict(block=block, criterion=criterion, ratio=ratio,
                              acc=accuracy(pruned, xt, yt), acc_before=before,
                              params=pruned.count_params(), bytes=report.size_bytes,
-                             verified=report.passed))  # fmt: skip
+                             verified=report.passed, failures=report.failures))  # fmt: skip
     latency = measure_latency(files, xt[0], runs=args.latency_runs)
     base = latency["unpruned"].median_ms
     for row, key in zip(rows, files, strict=True):
@@ -117,6 +117,9 @@ def print_rows(rows):
             f"{r['params']:,} | {r['bytes'] / 1024:.1f} | {r['latency_ms']:.3f} | "
             f"{r['latency_ratio']:.2f} | {r['verified']}"
         )
+    for r in rows:
+        if r["failures"]:
+            print(f"{r['block']} {r['criterion']} {r['ratio']}: " + "; ".join(r["failures"]))
 
 
 def plot(rows, path):
