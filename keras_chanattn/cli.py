@@ -389,6 +389,47 @@ def _analyze(args):
     return 0
 
 
+def prune_ratio(text):
+    """A `--ratio`: a number in [0, 1)."""
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction to remove), got {text}")
+    return value
+
+
+@command(
+    "prune",
+    "Prune a trained .keras classifier by what its attention gates learned (or L1, or at "
+    "random), fine-tune it, export and verify it, and compare it with the unpruned model.",
+    [
+        arg("model", metavar="MODEL", help="a trained .keras classifier (logits out)"),
+        arg("--ratio", type=prune_ratio, required=True, help="fraction of channels to remove"),
+        arg("--criterion", choices=("attention", "l1", "random"), default="attention"),
+        arg("--data", default="digits", help=DATA_HELP),
+        arg("--fine-tune-epochs", type=at_least(0), default=2, help="0 skips the fine-tune"),
+        arg("--out", dest="out_dir", required=True, help="output directory"),
+        arg("--image-size", type=positive_int, help=FREE_SIZE),
+        arg("--min-channels", type=positive_int, default=8, help="fewest channels kept"),
+        arg("--divisor", type=positive_int, default=8, help="kept counts are multiples of it"),
+        arg("--overwrite", action="store_true", help="replace an earlier prune job in --out"),
+        arg("--seed", type=int, default=0, help="data split, random criterion, fine-tune"),
+        arg("--quiet", action="store_true", help="no progress lines"),
+    ],
+)
+def _prune(args):
+    from keras_chanattn.prune.job import prune_job
+
+    report = prune_job(
+        args.model, args.ratio, data=args.data, criterion=args.criterion,
+        fine_tune_epochs=args.fine_tune_epochs, out_dir=args.out_dir,
+        image_size=args.image_size, overwrite=args.overwrite, min_channels=args.min_channels,
+        divisor=args.divisor, seed=args.seed, verbose=0 if args.quiet else 1,
+    )  # fmt: skip
+    failed = report["unpruned"]["failures"] + report["pruned"]["failures"]
+    print(f"Report: {pathlib.Path(args.out_dir) / 'report.md'}")
+    return 1 if failed else 0
+
+
 @command(
     "int8-limits",
     "List the int8 ADD/SUB/MUL of .tflite files whose scales XNNPACK refuses "

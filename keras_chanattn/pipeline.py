@@ -6,16 +6,15 @@ digits, plain and with the three seed papers' blocks (SE, SRM, Shuffle Attention
 needs no network; `blocks="all"` compares every registered block.
 """
 
-import contextlib
 import dataclasses
 import datetime
 import json
 import pathlib
-import shutil
 import time
 
 import keras
 
+from keras_chanattn.export.files import replacing_folder
 from keras_chanattn.layers.registry import list_attention
 from keras_chanattn.models.presets import PLAIN, get_preset
 from keras_chanattn.train import TrainConfig
@@ -220,33 +219,6 @@ def _run_dir(config):
     return path
 
 
-@contextlib.contextmanager
-def _replacing(path):
-    """Runs the body in an empty `path`; an earlier run there is moved aside first, and put
-    back if the body fails or is interrupted (deleted once it succeeds)."""
-    aside = path.with_name(f".{path.name}.replaced")
-    if aside.exists():  # left by a run killed outright: the earlier run is still in it
-        raise FileExistsError(
-            f"{aside} holds a run an interrupted replace moved aside; move it back to {path} "
-            "or delete it, then rerun."
-        )
-    had_run = path.exists() and (path / REPORT).exists()
-    if had_run:
-        path.rename(aside)
-    elif path.exists():
-        shutil.rmtree(path)  # an unfinished run of this name: nothing finished is lost
-    path.mkdir(parents=True)
-    try:
-        yield path
-    except BaseException:
-        if had_run:
-            shutil.rmtree(path, ignore_errors=True)
-            aside.rename(path)
-        raise
-    if had_run:
-        shutil.rmtree(aside)
-
-
 def run_pipeline(config=None, verbose=1, log=print):
     """Runs the main job and writes its report; returns the rows of the results table.
 
@@ -276,7 +248,7 @@ def run_pipeline(config=None, verbose=1, log=print):
             f"{config.data!r} has no validation images, which the job verifies and measures "
             "on; give the data source a validation split (e.g. validation_fraction > 0)."
         )
-    with _replacing(run_dir):
+    with replacing_folder(run_dir, REPORT):
         rows = _run_phases(config, data, run_dir, started, verbose, log)
     return rows, run_dir
 

@@ -802,11 +802,13 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"cat")
-    with pytest.raises(FileExistsError, match="not a SavedModel"):
+    with pytest.raises(FileExistsError, match=r"did not write \(no saved_model.pb\)"):
         export_saved_model(model, photos, overwrite=True)
     with pytest.raises(IsADirectoryError):
         export_tflite(model, photos, overwrite=True)
     assert os.listdir(photos) == ["cat.jpg"]
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to protect
+    assert export_saved_model(model, tmp_path / "empty").passed
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from keras_chanattn.data import load_digits_images
 from keras_chanattn.models import cifar_resnet
+from keras_chanattn.prune import job as job_module
 from keras_chanattn.prune.job import prune_job
 
 SIZE = 16
@@ -59,6 +60,28 @@ def test_non_empty_out_dir_needs_overwrite(tmp_path):
     (tmp_path / "out" / "old.txt").write_text("x")
     with pytest.raises(FileExistsError, match="overwrite"):
         prune_job(_model(tmp_path), 0.5, out_dir=tmp_path / "out")
+    # Even with overwrite, a folder that no prune job wrote is refused.
+    with pytest.raises(FileExistsError, match=r"did not write \(no report.json\)"):
+        prune_job(_model(tmp_path), 0.5, out_dir=tmp_path / "out", overwrite=True)
+    assert [f.name for f in (tmp_path / "out").iterdir()] == ["old.txt"]
+
+
+def test_a_failed_overwrite_puts_the_earlier_output_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"earlier": true}')
+    (out / "pruned.keras").write_text("earlier model")
+
+    def fails(model, dataset, work, job, say):
+        (work / "pruned.keras").write_text("half-written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job_module, "_prune_and_report", fails)
+    with pytest.raises(KeyboardInterrupt):
+        prune_job(_model(tmp_path), 0.5, out_dir=out, overwrite=True, verbose=0)
+    assert (out / "pruned.keras").read_text() == "earlier model"
+    assert sorted(f.name for f in out.iterdir()) == ["pruned.keras", "report.json"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out", "se_3x3.keras"]
 
 
 @pytest.mark.slow

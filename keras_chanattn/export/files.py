@@ -7,22 +7,26 @@ artefact is only replaced when the caller asked for it, after the new one is com
 
 import contextlib
 import os
+import pathlib
 import shutil
 import uuid
 
 
-def check_output_path(path, overwrite, kind):
+def check_output_path(path, overwrite, kind, marker="saved_model.pb"):
     """Raises early if `path` cannot receive an artefact of `kind` ("file" or "directory").
 
-    An existing output raises `FileExistsError` unless `overwrite`; even then a directory is
-    only replaced by a directory that looks like a SavedModel (it holds `saved_model.pb`),
-    so a mistyped path cannot wipe an unrelated folder, and a file never replaces a directory.
+    An existing output raises `FileExistsError` unless `overwrite` (an empty directory
+    awaiting a directory is no output); even then a directory is only replaced by a
+    directory when it holds `marker` (a SavedModel's `saved_model.pb`, a report), so a
+    mistyped path cannot wipe an unrelated folder, and a file never replaces a directory.
 
     Returns:
         The absolute path, as a string.
     """
     path = os.path.abspath(os.fspath(path))
     if not os.path.lexists(path):
+        return path
+    if kind == "directory" and _empty_directory(path):
         return path
     if not overwrite:
         raise FileExistsError(
@@ -34,12 +38,17 @@ def check_output_path(path, overwrite, kind):
             raise IsADirectoryError(
                 f"{path} is a directory; refusing to replace it with a {kind}. Give a file path."
             )
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if not os.path.isfile(os.path.join(path, marker)):
             raise FileExistsError(
-                f"{path} is a directory that is not a SavedModel (no saved_model.pb); refusing "
-                "to replace it even with overwrite=True. Remove it yourself or choose another path."
+                f"{path} is a directory that this command did not write (no {marker}); "
+                "refusing to replace it even with overwrite=True. Remove it yourself or choose "
+                "another path."
             )
     return path
+
+
+def _empty_directory(path):
+    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
 
 
 def _remove(path):
@@ -61,7 +70,7 @@ def _make_parents(directory):
 
 
 @contextlib.contextmanager
-def atomic_output(path, overwrite=False, kind="file"):
+def atomic_output(path, overwrite=False, kind="file", marker="saved_model.pb"):
     """Context manager yielding a temporary path that becomes `path` when the block succeeds.
 
     The temporary path is in the same directory as `path` (so the final `os.rename` is
@@ -75,8 +84,10 @@ def atomic_output(path, overwrite=False, kind="file"):
         path: the final path of the artefact.
         overwrite: replace an existing artefact. Defaults to `False`.
         kind: `"file"` or `"directory"`, for the overwrite safety checks. Defaults to `"file"`.
+        marker: the file that marks a directory this kind of command wrote, which alone it
+            may replace (`check_output_path`). Defaults to a SavedModel's `saved_model.pb`.
     """
-    path = check_output_path(path, overwrite, kind)
+    path = check_output_path(path, overwrite, kind, marker)
     parent, name = os.path.split(path)
     created = _make_parents(parent)
     token = uuid.uuid4().hex[:8]
@@ -86,7 +97,9 @@ def atomic_output(path, overwrite=False, kind="file"):
         if not os.path.lexists(tmp):
             raise RuntimeError(f"Nothing was written to the temporary path {tmp}.")
         # Checked again: something may have appeared at `path` while we were writing.
-        check_output_path(path, overwrite, kind)
+        check_output_path(path, overwrite, kind, marker)
+        if _empty_directory(path):
+            os.rmdir(path)
         if os.path.lexists(path):
             backup = os.path.join(parent, f".{name}.old-{token}")
             os.rename(path, backup)
@@ -123,3 +136,37 @@ def write_bytes(path, data, overwrite=False):
 def write_text(path, text, overwrite=False):
     """Writes `text` (UTF-8) to `path` atomically; returns the absolute path."""
     return write_bytes(path, text.encode("utf-8"), overwrite)
+
+
+@contextlib.contextmanager
+def replacing_folder(path, marker):
+    """Runs the body in an empty folder `path`, for a command that fills a folder in place.
+
+    A finished earlier output there (it holds `marker`, written last) is moved aside to
+    `.<name>.replaced` first and put back if the body fails or is interrupted, deleted once
+    it succeeds; an unfinished one (no `marker`) is removed. Check `path` with
+    `check_output_path(..., "directory", marker)` before any work: it refuses a folder the
+    command did not write.
+    """
+    path = pathlib.Path(path)
+    aside = path.with_name(f".{path.name}.replaced")
+    if aside.exists():  # left by a run killed outright: the earlier output is still in it
+        raise FileExistsError(
+            f"{aside} holds an output an interrupted replace moved aside; move it back to "
+            f"{path} or delete it, then rerun."
+        )
+    finished = path.exists() and (path / marker).exists()
+    if finished:
+        path.rename(aside)
+    elif path.exists():
+        shutil.rmtree(path)  # an unfinished output: nothing finished is lost
+    path.mkdir(parents=True)
+    try:
+        yield path
+    except BaseException:
+        if finished:
+            shutil.rmtree(path, ignore_errors=True)
+            aside.rename(path)
+        raise
+    if finished:
+        shutil.rmtree(aside)

@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 
+from keras_chanattn.export.files import check_output_path, replacing_folder
 from keras_chanattn.layers.common import check_positive_int
 from keras_chanattn.prune import criteria
 from keras_chanattn.prune.plan import check_prune_ratio, plan_pruning
@@ -21,6 +22,7 @@ from keras_chanattn.prune.sites import check_functional
 
 CRITERIA = ("attention", "l1", "random")
 FORMATS = ("float32", "int8")
+MARKER = "report.json"  # written last: marks a finished prune job's folder
 
 
 def _check_job(model_path, ratio, criterion, fine_tune_epochs, out_dir, overwrite):
@@ -34,11 +36,7 @@ def _check_job(model_path, ratio, criterion, fine_tune_epochs, out_dir, overwrit
     out = pathlib.Path(out_dir)
     if out.is_file():
         raise ValueError(f"`out_dir` {str(out)!r} is a file; pass a folder.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace its "
-            "files, or choose another folder."
-        )
+    check_output_path(out, overwrite, "directory", marker=MARKER)
     return out
 
 
@@ -153,7 +151,9 @@ def prune_job(
         fine_tune_epochs: epochs of the main job's recipe after pruning. Defaults to `2`.
         out_dir: output folder. Defaults to `"export/prune"`.
         image_size: the data's size where the model's input leaves it open.
-        overwrite: write into a non-empty `out_dir`. Defaults to `False`.
+        overwrite: replace an earlier prune job's output in `out_dir` (a folder holding
+            other files is refused even then); a failed or interrupted job puts the earlier
+            output back. Defaults to `False`.
         min_channels, divisor: kept-count constraints (see `plan_pruning`).
         score_images: training images that score the channels. Defaults to `256`.
         seed: data split, random criterion, fine-tune and latency order. Defaults to `0`.
@@ -169,38 +169,49 @@ def prune_job(
     out = _check_job(model_path, ratio, criterion, fine_tune_epochs, out_dir, overwrite)
     model, size = _load_checked(model_path, ratio, min_channels, divisor, image_size)
     dataset = load_data(data, size, seed=seed)
-    train_x, _ = _split(dataset.train, max(score_images, 200))
-    held_out = _split(dataset.validation)
-    out.mkdir(parents=True, exist_ok=True)
+    job = types.SimpleNamespace(
+        model_path=str(model_path), ratio=ratio, data=data, size=size, criterion=criterion,
+        fine_tune_epochs=fine_tune_epochs, min_channels=min_channels, divisor=divisor,
+        score_images=score_images, seed=seed, num_threads=num_threads,
+        latency_runs=latency_runs, verbose=verbose,
+    )  # fmt: skip
     say = log if verbose else (lambda *_: None)
-    say(f"pruning {model.name} ({criterion}, ratio {ratio}) ...")
+    with replacing_folder(out, MARKER):  # an earlier job's folder comes back on failure
+        return _prune_and_report(model, dataset, out, job, say)
+
+
+def _prune_and_report(model, dataset, out, job, say):
+    """Prunes, fine-tunes, exports and times into `out`; writes the report (MARKER last)."""
+    train_x, _ = _split(dataset.train, max(job.score_images, 200))
+    held_out = _split(dataset.validation)
+    say(f"pruning {model.name} ({job.criterion}, ratio {job.ratio}) ...")
     pruned = _prune(
-        model, criterion, ratio, train_x[:score_images], seed,
-        min_channels=min_channels, divisor=divisor,
+        model, job.criterion, job.ratio, train_x[: job.score_images], job.seed,
+        min_channels=job.min_channels, divisor=job.divisor,
     )  # fmt: skip
     report = {
-        "model": str(model_path), "criterion": criterion, "ratio": ratio, "data": data,
-        "image_size": size, "fine_tune_epochs": fine_tune_epochs,
+        "model": job.model_path, "criterion": job.criterion, "ratio": job.ratio,
+        "data": job.data, "image_size": job.size, "fine_tune_epochs": job.fine_tune_epochs,
         "unpruned": {**_complexity(model), "accuracy": _accuracy(model, *held_out)},
         "pruned": _complexity(pruned),
     }  # fmt: skip
     report["pruned"]["accuracy_before_fine_tune"] = _accuracy(pruned, *held_out)
-    say(f"fine-tuning {fine_tune_epochs} epoch(s) ...")
-    pruned = _fine_tune(pruned, dataset, fine_tune_epochs, seed, verbose)
+    say(f"fine-tuning {job.fine_tune_epochs} epoch(s) ...")
+    pruned = _fine_tune(pruned, dataset, job.fine_tune_epochs, job.seed, job.verbose)
     report["pruned"]["accuracy"] = _accuracy(pruned, *held_out)
     pruned.save(out / "pruned.keras")
     say("exporting and timing ...")
     reports, latency = _export_and_time(
-        {"unpruned": model, "pruned": pruned}, out, train_x[:200], held_out, seed,
-        num_threads, latency_runs,
+        {"unpruned": model, "pruned": pruned}, out, train_x[:200], held_out, job.seed,
+        job.num_threads, job.latency_runs,
     )  # fmt: skip
     for key, formats in reports.items():
         report[key]["int8_bytes"] = formats["int8"].size_bytes
         report[key]["int8_latency_ms"] = latency[key].median_ms
         report[key]["failures"] = [f"{f}: {x}" for f, r in formats.items() for x in r.failures]
     report["latency_ratio"] = latency["pruned"].median_ms / latency["unpruned"].median_ms
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
+    (out / MARKER).write_text(json.dumps(report, indent=2))
     say(_markdown(report))
     return report
 

@@ -34,6 +34,10 @@ PARSE_ERRORS = [
     (["bench", "--out", "o", "--attention-args", '"se"'], "--attention-args: expected a JSON"),
     (["params", "--input-size", "0"], "--input-size: expected an integer >= 1"),
     (["params", "--alpha", "nan"], "--alpha: expected a finite number"),
+    (["prune", "m.keras", "--out", "o", "--ratio", "1"], "--ratio: must be in [0, 1)"),
+    (["prune", "m.keras", "--out", "o", "--ratio", "x"], "--ratio: expected a number"),
+    (["prune", "m.keras", "--out", "o"], "--ratio"),
+    (["prune", "m.keras", "--ratio", "0.5", "--criterion", "taylor", "--out", "o"], "taylor"),
     (["frobnicate"], "invalid choice"),
 ]
 
@@ -64,6 +68,7 @@ ROOM_ERRORS = [
     (["params", "resnet7"], "unknown backbone 'resnet7'"),
     (["params", "resnet20", "--blocks", "nope"], "nope"),
     (["bench", "vgg", "--out", "{tmp}/b", "--data", "none"], "vgg"),
+    (["prune", "{tmp}/missing.keras", "--ratio", "0.5", "--out", "{tmp}/p"], "missing.keras"),
 ]
 
 
