@@ -1,4 +1,5 @@
-"""Analysis of trained attention blocks: channel-weight statistics and their figures."""
+"""Analysis of trained attention blocks: gates, channel-weight statistics, Grad-CAM, their
+figures, and `analyze_models`, the report comparing models (`chanattn analyze`)."""
 
 from keras_chanattn.analysis.figures import (
     correlation_heatmaps,
