@@ -35,7 +35,7 @@ def parse(argv=None):
     add("--run", help="a `chanattn run` folder holding se/ and srm/ model.keras (else: train)")
     add("--depth", type=int, default=20, help="CIFAR ResNet depth (6n + 2)")
     add("--epochs", type=int, default=None, help="epochs of (a) when training; default: 3")
-    add("--image-size", type=int, default=24, help="(a) when training: the main job's 24")
+    add("--image-size", type=int, help="(a) when training; default: the main job's")
     add("--samples", type=int, default=256, help="held-out digits the gates are read on")
     add("--blocks", default=POINTING_VARIANTS, help="(b): comma-separated variants")
     add("--canvas", type=int, default=24, help="(b): canvas height and width")
@@ -58,7 +58,9 @@ def pipeline_config(args, image_size):
     train = dataclasses.replace(train, seed=args.seed)
     kwargs = {"backbone": "cifar_resnet", "backbone_kwargs": {"depth": args.depth,
               "shortcut": "projection"}} if args.depth != 20 else {}  # fmt: skip
-    return PipelineConfig(image_size=image_size, train=train, formats=[], **kwargs)
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return PipelineConfig(train=train, formats=[], **kwargs)
 
 
 def train(config, variant, data):
@@ -96,7 +98,7 @@ def stage_models(args):
     from keras_chanattn.data import load_data
 
     config = pipeline_config(args, args.image_size)
-    data = limited(load_data("digits", args.image_size, seed=args.seed), args.limit)
+    data = limited(load_data("digits", config.image_size, seed=args.seed), args.limit)
     models = {}
     for variant in STAGE_VARIANTS:
         models[variant], accuracy = train(config, variant, data)

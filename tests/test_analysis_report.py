@@ -175,7 +175,7 @@ def test_overwrite_swaps_the_new_analysis_in_and_a_failure_keeps_the_old(tmp_pat
     first, second = functional_model("first"), functional_model("second")
     analyze_models([first], data, out, **settings)
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(FileExistsError, match="already holds files.*--overwrite"):
+    with pytest.raises(FileExistsError, match="already exists. Pass overwrite=True \\(--overwrite"):
         analyze_models([second], data, out, **settings)
 
     def fails(summary):

@@ -173,21 +173,13 @@ def _check_numbers(minimum=1, **values):
 
 def _check_out_dir(out_dir, overwrite):
     """`out_dir` as a Path, refused when it holds files (without `overwrite`), or files that
-    are not an earlier analysis (even with it)."""
+    are not an earlier analysis (even with it): `export.files.check_output_path`'s rules."""
+    from keras_chanattn.export.files import check_output_path
+
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder; choose another output folder.")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds files; pass overwrite=True (--overwrite) to replace an "
-                "earlier analysis there, or choose another output folder."
-            )
-        if not (out / MARKER).is_file():
-            raise FileExistsError(
-                f"{out} holds files that are not an earlier analysis (no {MARKER}); refusing "
-                "to replace them even with overwrite. Choose another output folder."
-            )
+    check_output_path(out, overwrite, "directory", marker=MARKER)
     return out
 
 

@@ -74,7 +74,7 @@ def test_a_folder_with_files_is_refused(overwrite, models, tmp_path, capsys, unc
     with unchanged(tmp_path):
         assert main(argv) == 2
     err = capsys.readouterr().err
-    expected = "not an earlier analysis" if overwrite else "already holds files; pass overwrite"
+    expected = "did not write (no analysis.json)" if overwrite else "already exists. Pass overwrite"
     assert expected in err and err.count("\n") == 1, err
 
 
@@ -93,3 +93,11 @@ def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_output_path_that_is_a_file_is_refused(models, tmp_path, capsys, unchanged):
+    (tmp_path / "out").write_text("the user's file")
+    with unchanged(tmp_path):
+        assert main(["analyze", models["se"], "--out", str(tmp_path / "out"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and err.count("\n") == 1, err
