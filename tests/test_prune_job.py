@@ -82,6 +82,10 @@ def test_a_failed_overwrite_puts_the_earlier_output_back(tmp_path, monkeypatch):
     assert (out / "pruned.keras").read_text() == "earlier model"
     assert sorted(f.name for f in out.iterdir()) == ["pruned.keras", "report.json"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out", "se_3x3.keras"]
+    # A failed first job leaves no partial output that would block the next one.
+    with pytest.raises(KeyboardInterrupt):
+        prune_job(_model(tmp_path), 0.5, out_dir=tmp_path / "new", verbose=0)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out", "se_3x3.keras"]
 
 
 @pytest.mark.slow

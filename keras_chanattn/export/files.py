@@ -139,14 +139,15 @@ def write_text(path, text, overwrite=False):
 
 
 @contextlib.contextmanager
-def replacing_folder(path, marker):
+def replacing_folder(path, marker, keep_unfinished=True):
     """Runs the body in an empty folder `path`, for a command that fills a folder in place.
 
     A finished earlier output there (it holds `marker`, written last) is moved aside to
     `.<name>.replaced` first and put back if the body fails or is interrupted, deleted once
-    it succeeds; an unfinished one (no `marker`) is removed. Check `path` with
-    `check_output_path(..., "directory", marker)` before any work: it refuses a folder the
-    command did not write.
+    it succeeds; an unfinished one (no `marker`) is removed. A failed body's own partial
+    output stays for inspection with `keep_unfinished`, else goes (an empty folder that was
+    there stays). Check `path` with `check_output_path(..., "directory", marker)` before
+    any work: it refuses a folder the command did not write.
     """
     path = pathlib.Path(path)
     aside = path.with_name(f".{path.name}.replaced")
@@ -155,18 +156,22 @@ def replacing_folder(path, marker):
             f"{aside} holds an output an interrupted replace moved aside; move it back to "
             f"{path} or delete it, then rerun."
         )
-    finished = path.exists() and (path / marker).exists()
+    existed = path.exists()
+    finished = existed and (path / marker).exists()
     if finished:
         path.rename(aside)
-    elif path.exists():
+    elif existed:
         shutil.rmtree(path)  # an unfinished output: nothing finished is lost
     path.mkdir(parents=True)
     try:
         yield path
     except BaseException:
-        if finished:
+        if finished or not keep_unfinished:
             shutil.rmtree(path, ignore_errors=True)
+        if finished:
             aside.rename(path)
+        elif existed and not keep_unfinished:
+            path.mkdir()
         raise
     if finished:
         shutil.rmtree(aside)

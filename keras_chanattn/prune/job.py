@@ -176,7 +176,8 @@ def prune_job(
         latency_runs=latency_runs, verbose=verbose,
     )  # fmt: skip
     say = log if verbose else (lambda *_: None)
-    with replacing_folder(out, MARKER):  # an earlier job's folder comes back on failure
+    # A failure puts an earlier job's output back, or leaves no partial one.
+    with replacing_folder(out, MARKER, keep_unfinished=False):
         return _prune_and_report(model, dataset, out, job, say)
 
 

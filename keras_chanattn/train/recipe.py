@@ -301,6 +301,9 @@ def _build(build_model, data, config, strategy):
             if config.sync_batch_norm:
                 set_synchronized_batch_norm(model, True)
             compile_classifier(model, config, steps_per_epoch)
+            # Optimiser variables made now, not inside the first train step: a step that
+            # creates variables is traced twice (seconds per model).
+            model.optimizer.build(model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return train, validation, model
