@@ -1,7 +1,7 @@
 """Attention-guided vs L1 vs random channel pruning on the digits (issue 23's measurement).
 
 For each block, a CIFAR ResNet-20 with the block at the "3x3" position (projection
-shortcuts and logits out, as the main job) is trained with the main job's recipe at 24x24;
+shortcuts and logits out, as the main job) is trained with the main job's recipe at 16x16;
 then for each ratio and criterion it is pruned, fine-tuned for the same short number of
 epochs, and exported to verified full int8. Printed: test accuracy per criterion and ratio
 (before and after the fine-tune), the int8 size and the LiteRT latency ratio
@@ -40,7 +40,7 @@ def arguments():
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     parser.add_argument("--epochs", type=int, default=None, help="training (recipe: 3)")
     parser.add_argument("--fine-tune-epochs", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=24)
+    parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--png", default=None, help="accuracy curves to this PNG")
     parser.add_argument("--json", default=None, help="all rows to this JSON file")

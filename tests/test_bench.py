@@ -28,6 +28,9 @@ from keras_chanattn.data import load_digits_images
 from keras_chanattn.export import QUANTIZATIONS
 from keras_chanattn.models import cifar_resnet
 
+# Every test reading the module's `run` fixture (a bench of three models) on one worker.
+pytestmark = pytest.mark.xdist_group("bench_run")
+
 SIZE = 16
 FILTERS = 8
 POOL = 4

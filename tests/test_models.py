@@ -77,7 +77,9 @@ def test_every_spec_block_is_registered():
     assert not missing, f"blocks of docs/blocks.md's ResNet-50 table not registered: {missing}"
 
 
-@pytest.mark.parametrize("block", sorted(SPEC_RESNET50_DELTAS))
+@pytest.mark.parametrize(
+    "block", [slow_unless(b in ("se", "sa"), b, id=b) for b in sorted(SPEC_RESNET50_DELTAS)]
+)
 def test_resnet50_trainable_delta_matches_spec(block, plain_resnet50):
     if block == "eca":
         model = models.eca_resnet50(include_top=False)
