@@ -119,8 +119,9 @@ def _traced_flops(layer, node, cache):
     def spec(t):
         return tf.TensorSpec(_known(t.shape, layer.name), t.dtype)
 
+    args, _ = keras_graph.call_arguments(node)
     structure = keras.tree.map_structure(
-        lambda a: spec(a) if isinstance(a, keras.KerasTensor) else a, node.arguments.args
+        lambda a: spec(a) if isinstance(a, keras.KerasTensor) else a, args
     )
     key = (type(layer).__name__, repr(_config_without_name(layer)), repr(structure))
     if key not in cache:
