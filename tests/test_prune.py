@@ -15,6 +15,7 @@ from keras_chanattn import prune
 from keras_chanattn.data import load_digits_images
 from keras_chanattn.models import cifar_resnet, mobilenet_v2
 from keras_chanattn.testing import randomize_weights
+from tests.marks import slow_unless
 
 SIZE = 16
 TOLERANCE = 1e-4
@@ -70,7 +71,9 @@ def removed_params(model, site, block_per_channel, kept):
     return gone * (per_channel + block_per_channel)
 
 
-@pytest.mark.parametrize("block", ["se", "srm", "cbam", "ge"])
+@pytest.mark.parametrize(
+    "block", [slow_unless(b in ("se", "srm"), b, id=b) for b in ("se", "srm", "cbam", "ge")]
+)
 def test_pruned_equals_original_with_channels_zeroed(block):
     model = resnet(
         block, **({"extent": 2, "use_mlp": True, "reduction": 4} if block == "ge" else {})
