@@ -10,15 +10,12 @@ the others. Everything is checked before any image is run, and the folder is wri
 staging folder beside it that replaces it only once complete.
 """
 
-import contextlib
 import csv
 import dataclasses
 import difflib
 import json
 import pathlib
 import re
-import shutil
-import uuid
 
 import numpy as np
 
@@ -37,6 +34,7 @@ from keras_chanattn.analysis.stats import (
     model_statistics,
     top_activating,
 )
+from keras_chanattn.export.files import atomic_output, check_output_path
 from keras_chanattn.tables import Column, format_table
 
 REPORT = "report.md"
@@ -147,7 +145,10 @@ def analyze_models(
     settings = {"data": "arrays" if isinstance(data, tuple) else str(data), "samples": samples,
                 "top_k": top_k, "grid_channels": grid_channels, "grad_cam_images": grad_cam_images,
                 "seed": seed}  # fmt: skip
-    with _staged(out) as staging:
+    # Written beside `out` and renamed over it once complete: a failure leaves `out` as it was.
+    with atomic_output(out, overwrite, "directory", marker=MARKER) as staging:
+        staging = pathlib.Path(staging)
+        staging.mkdir()
         summary = _write_analysis(subjects, images, staging, settings, batch_size, log)
     summary["report"] = str(out / REPORT)
     return summary
@@ -174,44 +175,11 @@ def _check_numbers(minimum=1, **values):
 def _check_out_dir(out_dir, overwrite):
     """`out_dir` as a Path, refused when it holds files (without `overwrite`), or files that
     are not an earlier analysis (even with it): `export.files.check_output_path`'s rules."""
-    from keras_chanattn.export.files import check_output_path
-
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder; choose another output folder.")
     check_output_path(out, overwrite, "directory", marker=MARKER)
     return out
-
-
-@contextlib.contextmanager
-def _staged(out):
-    """Yields an empty staging folder beside `out` that replaces `out` once the body ends
-    well; a failure or an interrupt removes it (and any parent it created), leaving `out`
-    as it was."""
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = out.parent / f".{out.name}.analyze-{token}"
-    staging.mkdir()
-    try:
-        yield staging
-        if out.exists():
-            aside = out.parent / f".{out.name}.old-{token}"
-            out.rename(aside)
-            try:
-                staging.rename(out)
-            except BaseException:
-                aside.rename(out)
-                raise
-            shutil.rmtree(aside)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def _load(models):
