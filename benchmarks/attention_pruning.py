@@ -26,6 +26,7 @@ from keras_chanattn import prune
 from keras_chanattn.bench.latency import measure_latency
 from keras_chanattn.data import digits_data
 from keras_chanattn.export import export_tflite
+from keras_chanattn.images import images_and_labels
 from keras_chanattn.models import cifar_resnet
 from keras_chanattn.pipeline import default_train_config, small_network_kwargs
 from keras_chanattn.train import fit_classifier
@@ -45,11 +46,6 @@ def arguments():
     parser.add_argument("--png", default=None, help="accuracy curves to this PNG")
     parser.add_argument("--json", default=None, help="all rows to this JSON file")
     return parser.parse_args()
-
-
-def split(dataset):
-    pairs = list(dataset.as_numpy_iterator())
-    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
 
 
 def accuracy(model, images, labels):
@@ -80,7 +76,7 @@ def run_block(block, data, args, out):
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     tune = dataclasses.replace(recipe, epochs=args.fine_tune_epochs, warmup_epochs=0)
-    (x, _), (xt, yt) = split(data.train), split(data.validation)
+    (x, _), (xt, yt) = images_and_labels(data.train), images_and_labels(data.validation)
     model = train(block, data, recipe)
     files = {"unpruned": out / f"{block}_unpruned.tflite"}
     report = export_tflite(model, files["unpruned"], "int8", x[:200], xt, enforce=False)

@@ -2,38 +2,7 @@
 
 import numpy as np
 
-from keras_chanattn.images import as_images
-
-
-def images_and_labels(data, limit=None):
-    """Splits `data` into `(images, labels or None)` when it carries labels; a dataset is read
-    up to `limit` images."""
-    import tensorflow as tf
-
-    if data is None:
-        return None, None
-    if isinstance(data, tuple) and len(data) == 2 and np.ndim(data[0]) == 4:
-        return np.asarray(data[0]), np.asarray(data[1])
-    if isinstance(data, tf.data.Dataset):
-        return _dataset_images_and_labels(data, limit)
-    return data, None
-
-
-def _dataset_images_and_labels(data, limit):
-    images, labels = [], []
-    for item in data.as_numpy_iterator():
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            return data, None
-        image, label = np.asarray(item[0]), np.asarray(item[1])
-        if image.ndim == 3:
-            image, label = image[None], label[None]
-        images.append(image)
-        labels.append(label)
-        if limit is not None and sum(len(x) for x in images) >= limit:
-            break
-    if not images:
-        return data, None
-    return np.concatenate(images), np.concatenate(labels)
+from keras_chanattn.images import as_images, images_and_labels
 
 
 def class_labels(labels, count):

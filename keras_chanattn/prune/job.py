@@ -15,6 +15,7 @@ import types
 import numpy as np
 
 from keras_chanattn.export.files import check_output_path, replacing_folder
+from keras_chanattn.images import images_and_labels
 from keras_chanattn.layers.common import check_positive_int
 from keras_chanattn.prune import criteria
 from keras_chanattn.prune.plan import check_prune_ratio, plan_pruning
@@ -68,11 +69,6 @@ def _load_checked(model_path, ratio, min_channels, divisor, image_size):
 def _accuracy(model, images, labels):
     logits = model.predict(images, batch_size=128, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
-def _split(dataset, n=None):
-    pairs = list((dataset if n is None else dataset.take(n)).as_numpy_iterator())
-    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
 
 
 def _prune(model, criterion, ratio, images, seed, **kwargs):
@@ -183,8 +179,8 @@ def prune_job(
 
 def _prune_and_report(model, dataset, out, job, say):
     """Prunes, fine-tunes, exports and times into `out`; writes the report (MARKER last)."""
-    train_x, _ = _split(dataset.train, max(job.score_images, 200))
-    held_out = _split(dataset.validation)
+    train_x, _ = images_and_labels(dataset.train, max(job.score_images, 200))
+    held_out = images_and_labels(dataset.validation)
     say(f"pruning {model.name} ({job.criterion}, ratio {job.ratio}) ...")
     pruned = _prune(
         model, job.criterion, job.ratio, train_x[: job.score_images], job.seed,
