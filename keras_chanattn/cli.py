@@ -17,6 +17,9 @@ import sys
 import traceback
 
 COMMANDS = {}
+# The commands that export, count FLOPs, run Grad-CAM or train through tf.distribute: on
+# another Keras backend they stop before any work (`keras_chanattn.backend`).
+TENSORFLOW_COMMANDS = ("run", "train", "params", "export", "bench", "analyze", "prune")
 USAGE_ERRORS = (ValueError, OSError)  # OSError: a path that exists, is missing or unwritable
 BACKBONE_HELP = "a preset: resnet18-152, resnet20-164 (CIFAR) or mobilenet_v2"
 DATA_HELP = "digits, tfds:<name> or an image folder"
@@ -486,6 +489,10 @@ def main(argv=None):
     """Runs `chanattn` on `argv` (default: `sys.argv[1:]`) and returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            from keras_chanattn.backend import require_tensorflow
+
+            require_tensorflow(f"`chanattn {args.command}`")
         return args.func(args)
     except KeyboardInterrupt:
         if args.verbose:

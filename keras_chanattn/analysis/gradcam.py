@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from keras_chanattn._compat import keras_graph
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.images import ImageSpec, as_images
 
 
@@ -96,6 +97,7 @@ def grad_cam(model, images, layer=None, class_index=None, batch_size=32, plus_pl
             that is called more than once, images of the wrong shape, a class index out
             of range, or a bad `batch_size`; all raised before any computation.
     """
+    require_tensorflow("Grad-CAM (grad_cam)")
     _check_backend()
     classes = check_classifier(model)
     target, _ = resolve_layer(model, layer)

@@ -10,6 +10,7 @@ they were, and writes its failed report to `<stem>_<format>.failed.json` instead
 
 import os
 
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.export.checks import QUANTIZATIONS
 from keras_chanattn.export.errors import ConversionError, ExportVerificationError
 from keras_chanattn.export.files import check_output_path, write_text
@@ -167,6 +168,7 @@ def export_artifacts(
         FileExistsError: an output exists and `overwrite` is false (nothing is done).
         ValueError: bad formats or inputs.
     """
+    require_tensorflow("Export (export_artifacts)")
     formats = check_formats(formats)
     stem = stem or model.name
     _check_outputs(out_dir, stem, formats, overwrite)

@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.export.inference import declared_float_ops, inference_model
 from keras_chanattn.export.precision import float32_model, float32_policy
 from keras_chanattn.export.saved_model import keras_outputs, write_saved_model
@@ -62,6 +63,7 @@ class PreparedModel:
     """
 
     def __init__(self, model):
+        require_tensorflow("Export (PreparedModel)")
         self.model = model
         self.float_model, policies = float32_model(model)
         self.cast_from = ", ".join(policies) or None

@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.export.errors import CheckReport, ExportVerificationError
 from keras_chanattn.export.files import atomic_output, check_output_path
 from keras_chanattn.images import as_images, image_input_spec, synthetic_images
@@ -211,6 +212,7 @@ def export_saved_model(
     >>> report.relative_error < 1e-4
     True
     """
+    require_tensorflow("SavedModel export (export_saved_model)")
     from keras_chanattn.export.prepared import prepared_for  # it imports this module
 
     path = check_output_path(path, overwrite, "directory")

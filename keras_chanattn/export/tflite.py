@@ -22,6 +22,7 @@ Formats:
 import re
 
 from keras_chanattn._compat.tf_converter import calibrate_only, quantize_calibrated
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.export.checks import (
     check_output_margin,
     check_quantization,
@@ -179,6 +180,7 @@ def convert_tflite(
     Returns:
         The flatbuffer, as `bytes`.
     """
+    require_tensorflow("TFLite conversion (convert_tflite)")
     check_quantization(quantization)
     output_margin = check_output_margin(output_margin)
     spec = image_input_spec(model, image_size)
@@ -250,6 +252,7 @@ def export_tflite(
         ExportVerificationError: a verification check failed; `.report` has the figures
             (the README's Export section shows a call).
     """
+    require_tensorflow("TFLite export (export_tflite)")
     thresholds = resolve_thresholds(quantization, thresholds)
     output_margin = check_output_margin(output_margin)
     path, report_path = _output_paths(path, report_path, overwrite)

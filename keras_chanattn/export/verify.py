@@ -9,6 +9,9 @@ within the data range), and inspects the graph:
 - the XNNPACK partitions (`graph.PartitionGraph`): the ops left to LiteRT's own kernels are
   reported as `undelegated_ops`, each with its Keras layer, and for an int8 ADD, SUB or MUL
   the scale limits of XNNPACK's kernel it breaks (`export.ranges`);
+- the accelerators (`accelerators`), reported, not enforced: whether LiteRT's v2 API
+  (`CompiledModel` on its CPU accelerator) runs every op accelerated, and which ops the GPU
+  delegate would refuse, with the reason and the Keras layer;
 - in full int8, the float ops: with int8 input and output there must be no float op at all,
   except the per-channel gate path a layer declares with a class attribute
   `export_float_ops = ("SQRT", ...)` (TFLite builtin op names): those ops, inside that layer
@@ -23,6 +26,8 @@ import os
 
 import numpy as np
 
+from keras_chanattn.backend import require_tensorflow
+from keras_chanattn.export.accelerators import cpu_fully_accelerated, gpu_compatibility
 from keras_chanattn.export.checks import (
     DEFAULT_THRESHOLDS,
     QUANTIZATIONS,
@@ -38,7 +43,12 @@ from keras_chanattn.export.checks import (
     resolve_thresholds,
 )
 from keras_chanattn.export.errors import ExportVerificationError
-from keras_chanattn.export.graph import PartitionGraph, attribute_layer, flatbuffer_ops
+from keras_chanattn.export.graph import (
+    PartitionGraph,
+    attribute_layer,
+    flatbuffer_ops,
+    operator_outputs,
+)
 from keras_chanattn.export.inference import export_hints, layer_names
 from keras_chanattn.export.litert import io_details, make_interpreter, run_tflite, signature_io
 from keras_chanattn.export.metrics import ComparisonMetrics, compare_outputs, quantized_range
@@ -94,6 +104,18 @@ def _check_graph(report, graph, thresholds):
     report.failures += partition_failures(
         report.xnnpack_partitions, report.undelegated_ops, thresholds
     )
+
+
+def _check_accelerators(report, tflite_bytes, known_layers):
+    """LiteRT's v2 CPU accelerator and the GPU delegate (`accelerators`): reported, not
+    enforced. Each op the GPU delegate refuses is named with its Keras layer."""
+    report.cpu_fully_accelerated, report.cpu_accelerator_error = cpu_fully_accelerated(tflite_bytes)
+    gpu = gpu_compatibility(tflite_bytes)
+    outputs = operator_outputs(tflite_bytes)
+    for refused in gpu["refused"]:
+        names = outputs[refused["index"]][1] if refused["subgraph"] == 0 else []
+        refused["layer"] = attribute_layer(names[0], known_layers) if names else None
+    report.gpu_delegate = gpu
 
 
 def _check_io(report, interpreter, graph, spec, float_allowlist):
@@ -208,6 +230,7 @@ def run_verification(
     interpreter, report.xnnpack_error = make_interpreter(tflite_bytes, num_threads)
     graph = PartitionGraph(interpreter, known_layers)
     _check_graph(report, graph, thresholds)
+    _check_accelerators(report, tflite_bytes, known_layers)
     if not _check_io(report, interpreter, graph, spec, float_allowlist):
         return report
     image_sets = _image_sets(report, held_out, thresholds, probes, spec, data_range, seed)
@@ -288,6 +311,7 @@ def verify_tflite(
     >>> report.held_out.top1_agreement, report.xnnpack_partitions
     (0.996, 1)
     """
+    require_tensorflow("TFLite verification (verify_tflite)")
     thresholds = resolve_thresholds(quantization, thresholds)
     spec = image_input_spec(model, image_size)
     tflite, path = _flatbuffer(tflite)

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_chanattn._compat import keras_graph
+from keras_chanattn.backend import require_tensorflow
 from keras_chanattn.layers.registry import list_attention, paper_figures
 from keras_chanattn.models import presets
 from keras_chanattn.tables import Column, format_table
@@ -64,6 +65,7 @@ def count_flops(model):
     Returns:
         An int: multiply-accumulates plus counted elementwise operations.
     """
+    require_tensorflow("FLOPs counting (count_flops)")
     cache = {}
     return int(sum(_node_flops(node, cache) for node in _nodes(model)))
 

@@ -8,7 +8,6 @@ kept unless `overwrite=True`, and a loss that turns NaN stops training with an e
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -16,7 +15,9 @@ import time
 
 import keras
 
+from keras_chanattn._compat.keras_distribute import use_local_batch_for_build
 from keras_chanattn._compat.keras_graph import flatten_layers
+from keras_chanattn.backend import backend, require_tensorflow
 from keras_chanattn.layers.common import AttentionLayer
 from keras_chanattn.train.config import TrainConfig
 from keras_chanattn.train.run_folder import (
@@ -24,6 +25,7 @@ from keras_chanattn.train.run_folder import (
     STAGING,
     SUMMARY,
     plan_out_dir,
+    private_folder,
     swap_in,
     write_json,
 )
@@ -133,7 +135,15 @@ def distribution_strategy(name=None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as error:  # TensorFlow had run an op already
+            raise RuntimeError(
+                "The multi-worker strategy must be created before TensorFlow runs anything "
+                "(collective ops are configured at program start-up): call "
+                "distribution_strategy('multi-worker') before loading data or building a "
+                f"model. TensorFlow said: {error}"
+            ) from error
     raise ValueError(f"Unknown strategy {name!r}; known: {', '.join(STRATEGIES)}.")
 
 
@@ -234,7 +244,9 @@ def fit_classifier(
             (`log.csv`) and, once finished, `summary.json`. Defaults to `None` (nothing
             written, not resumable).
         strategy: a `tf.distribute.Strategy` (e.g. `MirroredStrategy()`), or `None` for the
-            default. Defaults to `None`.
+            default. Defaults to `None`. On a backend other than TensorFlow (JAX), only
+            `None` is accepted (one device; the tf.data pipelines feed the backend's arrays),
+            and `config.sync_batch_norm` must be off.
         verbose: `model.fit` verbosity (the progress bar). Defaults to `"auto"`.
         callbacks: extra Keras callbacks. Defaults to none.
         overwrite: replace a finished (or interrupted) run in `out_dir` with a new one
@@ -245,6 +257,8 @@ def fit_classifier(
         accuracy, epochs run, steps, and seconds per epoch.
 
     Raises:
+        BackendError: a `strategy` or `config.sync_batch_norm` on a backend other than
+            TensorFlow (a `RuntimeError`), before any work.
         ValueError: a bad argument, or `config` differs from that of the interrupted run
             in `out_dir` (the message names the fields).
         FileExistsError: `out_dir` holds a finished run and `overwrite` is `False`, or is
@@ -257,10 +271,34 @@ def fit_classifier(
     config = TrainConfig() if config is None else config
     callbacks = list(callbacks)
     _check_fit_arguments(build_model, config, out_dir, callbacks, overwrite)
+    if backend() != "tensorflow" and (strategy is not None or config.sync_batch_norm):
+        require_tensorflow("fit_classifier with a tf.distribute strategy or sync_batch_norm")
     folder = plan_out_dir(out_dir, config, overwrite)
-    strategy = strategy or tf.distribute.get_strategy()
+    if backend() == "tensorflow":
+        strategy = strategy or tf.distribute.get_strategy()
+    if folder is not None and _worker_task(strategy):
+        folder = private_folder(folder.out, _worker_task(strategy), config, overwrite)
     with op_determinism(config.deterministic):
         return _fit(build_model, data, config, folder, strategy, verbose, callbacks)
+
+
+def _worker_task(strategy):
+    """`None` on the worker that saves the run (the chief, or the only one); else this
+    worker's task, e.g. `"worker-1"`, which trains with a private copy of the run folder.
+
+    A multi-worker `model.fit` runs every callback on every worker, and the chief's saves
+    read values that all workers reduce together, so the others must save too, elsewhere.
+    """
+    if strategy is None or strategy.extended.should_checkpoint:
+        return None
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def _is_multi_worker(strategy):
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def _check_fit_arguments(build_model, config, out_dir, callbacks, overwrite):
@@ -296,11 +334,13 @@ def _build(build_model, data, config, strategy):
         steps_per_epoch = int(train.cardinality())
         if steps_per_epoch <= 0:  # unknown cardinality (e.g. filtered): count once
             steps_per_epoch = sum(1 for _ in train)
-        with strategy.scope():
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = build_model()
             if config.sync_batch_norm:
                 set_synchronized_batch_norm(model, True)
             compile_classifier(model, config, steps_per_epoch)
+            if _is_multi_worker(strategy):
+                use_local_batch_for_build(model, strategy)
             # Optimiser variables made now, not inside the first train step: a step that
             # creates variables is traced twice (seconds per model).
             model.optimizer.build(model.trainable_variables)
@@ -315,7 +355,7 @@ def _folder_callbacks(folder, config):
         swap_in(folder.out)  # complete an earlier overwrite cut short by a crash
     shutil.rmtree(folder.out / STAGING, ignore_errors=True)  # never resumed
     folder.work.mkdir(parents=True, exist_ok=True)
-    (folder.work / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    write_json(folder.work / "config.json", dataclasses.asdict(config))  # read by other workers
     return [
         keras.callbacks.BackupAndRestore(str(folder.work / BACKUP)),
         keras.callbacks.CSVLogger(str(folder.work / "log.csv"), append=folder.resume),
@@ -358,17 +398,19 @@ def _fit(build_model, data, config, folder, strategy, verbose, callbacks):
         write_json(folder.work / SUMMARY, {"epochs": config.epochs, **summary})
         if folder.staged:
             swap_in(folder.out)
+        if folder.scratch:  # a non-chief worker's copy: the chief's folder holds the run
+            shutil.rmtree(folder.out, ignore_errors=True)
     return model, summary
 
 
 def _summary(logs, model, timer, strategy):
     return {
         "epochs_run": len(logs.get("loss", [])),
-        "steps": int(model.optimizer.iterations.numpy()),
+        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "val_loss": float(logs["val_loss"][-1]) if logs.get("val_loss") else math.nan,
         "val_accuracy": float(logs["val_accuracy"][-1]) if logs.get("val_accuracy") else math.nan,
         "seconds_per_epoch": (
             sum(timer.epoch_seconds) / len(timer.epoch_seconds) if timer.epoch_seconds else math.nan
         ),
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
     }
