@@ -24,6 +24,17 @@ class VerificationReport(CheckReport):
         xnnpack_error: why XNNPACK could not take the model, or `None`.
         undelegated_ops: ops left to LiteRT's kernels, as `"OP (layer)"`, followed for an
             int8 ADD/SUB/MUL by the XNNPACK scale limits it breaks, in brackets.
+        cpu_fully_accelerated: whether LiteRT's v2 API (`CompiledModel` on its CPU
+            accelerator) runs every op on the accelerator; `None` when it could not compile
+            the model (`cpu_accelerator_error` says why). The ops it leaves are
+            `undelegated_ops` (the same XNNPACK).
+        cpu_accelerator_error: why the v2 API could not compile the model, or `None`.
+        gpu_delegate: the GPU delegate's verdict (`accelerators.gpu_compatibility`):
+            `{"checked", "accepts_all", "refused": [{"subgraph", "index", "op", "layer",
+            "reason"}], "note"}`; not a failure, a report.
+        softmax_head: what export did with a classifier's final softmax: `None` (no such
+            head), `"kept"`, or `"left to the app"` (the file outputs the logits, compared
+            with the Keras model's logits; apply softmax in the app).
         float_ops: in int8, each float op as `{"op", "layer", "shape", "declared",
             "per_channel", "allowed"}` (allowed = declared by its layer and per-channel).
         float_allowlist: `{layer: [op, ...]}` the layers declared as kept in float.
@@ -64,6 +75,10 @@ class VerificationReport(CheckReport):
     xnnpack_partitions: int = 0
     xnnpack_error: str | None = None
     undelegated_ops: list = dataclasses.field(default_factory=list)
+    cpu_fully_accelerated: bool | None = None
+    cpu_accelerator_error: str | None = None
+    gpu_delegate: dict = dataclasses.field(default_factory=dict)
+    softmax_head: str | None = None
     float_ops: list = dataclasses.field(default_factory=list)
     float_allowlist: dict = dataclasses.field(default_factory=dict)
     inference_forms: list = dataclasses.field(default_factory=list)
@@ -80,6 +95,19 @@ class VerificationReport(CheckReport):
     hints: list = dataclasses.field(default_factory=list)
     cast_from: str | None = None
     cast_relative_difference: float | None = None
+
+    def accelerator_summary(self):
+        """One line: the v2 CPU accelerator's and the GPU delegate's verdicts."""
+        cpu = {True: "fully accelerated", False: "NOT fully accelerated", None: "not compiled"}
+        gpu = self.gpu_delegate or {}
+        if not gpu.get("checked"):
+            gpu_text = "GPU delegate not checked"
+        elif gpu["accepts_all"]:
+            gpu_text = "GPU delegate takes every op"
+        else:
+            refused = [f"{r['op']} ({r.get('layer')}): {r['reason']}" for r in gpu["refused"]]
+            gpu_text = f"GPU delegate refuses {'; '.join(refused)}"
+        return f"CPU accelerator (v2): {cpu[self.cpu_fully_accelerated]}; {gpu_text}"
 
     def summary(self):
         """A few lines for people: the figures that decide whether the export is usable."""
@@ -100,6 +128,9 @@ class VerificationReport(CheckReport):
                     lines.append(f"    {per_image}")
         if self.undelegated_ops:
             lines.append(f"  outside XNNPACK: {', '.join(self.undelegated_ops)}")
+        lines.append(f"  {self.accelerator_summary()}")
+        if self.softmax_head == "left to the app":
+            lines.append("  softmax head left to the app: the file outputs logits")
         floats = [f"{f['op']} ({f['layer']})" for f in self.float_ops]
         if floats:
             lines.append(f"  float ops: {', '.join(floats)}")
