@@ -14,6 +14,13 @@ import tempfile
 import numpy as np
 
 from keras_chanattn.backend import require_tensorflow
+from keras_chanattn.export.head import (
+    KEPT,
+    LEFT_TO_APP,
+    ends_in_softmax,
+    softmax_layer,
+    without_softmax,
+)
 from keras_chanattn.export.inference import declared_float_ops, inference_model
 from keras_chanattn.export.precision import float32_model, float32_policy
 from keras_chanattn.export.saved_model import keras_outputs, write_saved_model
@@ -42,6 +49,10 @@ class PreparedModel:
     - `keras_outputs(images)`: `saved_model.keras_outputs(float_model, images)`, each batch
       computed once (looked up by its content), so the formats' verifications and the
       SavedModel's reload check share the Keras reference outputs.
+    - `has_softmax_head`: the model ends in a softmax (`export.head`); then
+      `saved_model(spec, logits=True)` is of the export model without it (what full int8
+      converts) and `keras_outputs(images, logits=True)` gives the float model's logits;
+      `reference_for(tflite_bytes)` picks the outputs a file is compared with.
 
     Use it as a context manager (or call `close()`): the temporary directory goes with it.
     The model must not change (weights included) while it is in use.
@@ -70,6 +81,8 @@ class PreparedModel:
         with float32_policy():  # inference forms made float32 even under a global mixed policy
             self.export_model, self.inference_forms = inference_model(self.float_model)
         self.float_allowlist = declared_float_ops(self.export_model)
+        self.has_softmax_head = softmax_layer(self.float_model) is not None
+        self._logits_models = {}
         self._outputs = {}
         self._cast_differences = {}
         self._saved_models = {}
@@ -84,15 +97,38 @@ class PreparedModel:
                 f"{model.name!r}; make a PreparedModel(model) for each model."
             )
 
-    def keras_outputs(self, images, batch_size=32):
+    def _model(self, name, logits):
+        """`float_model` or `export_model` (`name`), without its softmax head if `logits`."""
+        model = getattr(self, name)
+        if not logits:
+            return model
+        if not self.has_softmax_head:
+            raise ValueError(f"Model {self.model.name!r} has no softmax head to take off.")
+        if name not in self._logits_models:
+            self._logits_models[name] = without_softmax(model, softmax_layer(model))
+        return self._logits_models[name]
+
+    def reference_for(self, tflite_bytes):
+        """`(reference, softmax_head)`: the Keras outputs to compare the `.tflite` with (the
+        logits when the model's softmax head is not in the file) and the report's
+        `softmax_head` (`None`, `"kept"` or `"left to the app"`)."""
+        if not self.has_softmax_head:
+            return self.keras_outputs, None
+        if ends_in_softmax(tflite_bytes):
+            return self.keras_outputs, KEPT
+        return (lambda images: self.keras_outputs(images, logits=True)), LEFT_TO_APP
+
+    def keras_outputs(self, images, batch_size=32, logits=False):
         """The float32 model's outputs on `images` in inference mode (as
-        `saved_model.keras_outputs`, in batches of `batch_size`), each batch computed once."""
+        `saved_model.keras_outputs`, in batches of `batch_size`), each batch computed once;
+        with `logits`, those of the model without its softmax head."""
+        model = self._model("float_model", logits)
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            key = _batch_key(batch)
+            key = (_batch_key(batch), logits)
             if key not in self._outputs:
-                self._outputs[key] = keras_outputs(self.float_model, batch, batch_size=len(batch))
+                self._outputs[key] = keras_outputs(model, batch, batch_size=len(batch))
             chunks.append(self._outputs[key])
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
@@ -118,16 +154,18 @@ class PreparedModel:
             "cast_relative_difference": self.cast_difference(images),
         }
 
-    def saved_model(self, spec):
-        """The directory of a batch-1 SavedModel of `export_model` taking `spec` images,
-        written on the first call for `spec`."""
-        if spec not in self._saved_models:
+    def saved_model(self, spec, logits=False):
+        """The directory of a batch-1 SavedModel of `export_model` (without its softmax head
+        if `logits`) taking `spec` images, written on the first call for `(spec, logits)`."""
+        key = (spec, logits)
+        if key not in self._saved_models:
             if self._directory is None:
                 self._directory = tempfile.mkdtemp(prefix="chanattn-export-")
             directory = os.path.join(self._directory, f"saved_model_{len(self._saved_models)}")
-            write_saved_model(self.export_model, directory, spec, batch_size=1)
-            self._saved_models[spec] = directory
-        return self._saved_models[spec]
+            model = self._model("export_model", logits)
+            write_saved_model(model, directory, spec, batch_size=1)
+            self._saved_models[key] = directory
+        return self._saved_models[key]
 
     def converter(self, spec):
         """`tf.lite.TFLiteConverter.from_saved_model(self.saved_model(spec))`, made once per
@@ -155,6 +193,7 @@ class PreparedModel:
         self._directory = None
         self._saved_models.clear()
         self._converters.clear()
+        self._logits_models.clear()
         self._outputs.clear()
         self._cast_differences.clear()
 

@@ -58,7 +58,9 @@ def _converter(prepared, spec, quantization, calibration):
     import tensorflow as tf
 
     if quantization == "int8":
-        converter = tf.lite.TFLiteConverter.from_saved_model(prepared.saved_model(spec))
+        # Without the softmax head: XNNPACK has no int8 SOFTMAX (`export.head`).
+        saved_model = prepared.saved_model(spec, logits=prepared.has_softmax_head)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
@@ -263,11 +265,12 @@ def export_tflite(
     )  # fmt: skip
     with prepared_for(model, prepared) as prepared:
         tflite_bytes, notes = _convert(prepared, spec, quantization, calibration, output_margin)
+        reference, notes["softmax_head"] = prepared.reference_for(tflite_bytes)
         report = run_verification(
             tflite_bytes, model, quantization, spec, held_out, source, data_range,
             export_model=prepared.export_model, inference_forms=prepared.inference_forms,
             float_allowlist=prepared.float_allowlist, thresholds=thresholds, probes=probes,
             num_threads=num_threads, seed=seed, widened_ranges=notes.pop("widened_ranges", ()),
-            reference=prepared.keras_outputs, notes=notes | prepared.cast_notes(held_out),
+            reference=reference, notes=notes | prepared.cast_notes(held_out),
         )  # fmt: skip
     return _write_outputs(report, tflite_bytes, path, report_path, overwrite, enforce)

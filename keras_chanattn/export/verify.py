@@ -274,7 +274,9 @@ def verify_tflite(
     See the module docstring for what is checked. `export_tflite` calls this after every
     conversion; call it yourself on a `.tflite` made elsewhere. The Keras side is always
     the ORIGINAL model (not its inference forms), in inference mode; for a model computing
-    in a mixed precision policy, its float32 copy (`PreparedModel.float_model`).
+    in a mixed precision policy, its float32 copy (`PreparedModel.float_model`). A file
+    without the model's softmax head (full int8 export leaves it to the app, `export.head`)
+    is compared with the model's logits.
 
     Args:
         tflite: the flatbuffer, as `bytes` or a path.
@@ -321,12 +323,13 @@ def verify_tflite(
     with PreparedModel(model) as prepared:
         if float_allowlist is None:
             float_allowlist = prepared.float_allowlist
+        reference, softmax_head = prepared.reference_for(tflite)
         report = run_verification(
             tflite, model, quantization, spec, held_out, source, data_range,
             export_model=prepared.export_model, inference_forms=prepared.inference_forms,
             float_allowlist=float_allowlist, thresholds=thresholds, probes=probes,
-            num_threads=num_threads, seed=seed, reference=prepared.keras_outputs,
-            notes=prepared.cast_notes(held_out),
+            num_threads=num_threads, seed=seed, reference=reference,
+            notes=prepared.cast_notes(held_out) | {"softmax_head": softmax_head},
         )  # fmt: skip
     report.path = path
     if enforce and report.failures:
