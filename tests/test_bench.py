@@ -26,6 +26,7 @@ from keras_chanattn.bench import (
 from keras_chanattn.cli import main as cli_main
 from keras_chanattn.data import load_digits_images
 from keras_chanattn.export import QUANTIZATIONS
+from keras_chanattn.export.accelerators import gpu_column
 from keras_chanattn.models import cifar_resnet
 
 # Every test reading the module's `run` fixture (a bench of three models) on one worker.
@@ -99,7 +100,9 @@ def test_every_column_is_present_for_every_model_and_format(run):
         assert list(row) == expected
         assert row["error"] is None
         # Only a full-int8 output is quantised, and has saturation figures.
-        optional = {"error"} | (set() if row["format"] == "int8" else set(SATURATION_COLUMNS))
+        optional = {"error", "softmax_head"} | (
+            set() if row["format"] == "int8" else set(SATURATION_COLUMNS)
+        )
         missing = [c for c in expected if row[c] is None and c not in optional]
         assert not missing, (row["model"], row["format"], missing)
 
@@ -127,6 +130,8 @@ def test_sizes_match_the_files_and_partitions_are_counted(run):
         assert os.path.isfile(path[: -len(".tflite")] + ".json")  # the verification report
         assert row["partitions"] == report.xnnpack_partitions >= 1
         assert row["undelegated_ops"] == report.undelegated_ops
+        assert row["cpu_fully_accelerated"] is report.cpu_fully_accelerated is True
+        assert row["gpu"] == gpu_column(report.gpu_delegate)
         assert isinstance(row["float_ops"], list)
 
 

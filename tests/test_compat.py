@@ -215,3 +215,25 @@ def test_tensorflow_op_determinism_switch():
     finally:
         adapter.disable_op_determinism()
     assert not adapter.is_op_determinism_enabled()
+
+
+# --- keras_chanattn/_compat/litert.py: the v2 API's CPU-acceleration verdict, quietly ---
+
+
+def test_compiled_model_fully_accelerated_and_its_native_lines_are_caught(capfd):
+    import tensorflow as tf
+
+    from keras_chanattn._compat.litert import compiled_model_fully_accelerated
+
+    def flatbuffer(fn):
+        traced = tf.function(fn, input_signature=[tf.TensorSpec((1, 4, 4, 2), tf.float32)])
+        concrete = traced.get_concrete_function()
+        return tf.lite.TFLiteConverter.from_concrete_functions([concrete], traced).convert()
+
+    # XNNPACK has ReLU; it has no GATHER_ND.
+    assert compiled_model_fully_accelerated(flatbuffer(lambda x: tf.nn.relu(x) * 2.0)) is True
+    gather = flatbuffer(lambda x: tf.gather_nd(x, [[0, 1], [0, 2]]))
+    assert compiled_model_fully_accelerated(gather) is False
+    assert "accelerator_registry" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError):
+        compiled_model_fully_accelerated(b"not a flatbuffer")

@@ -47,8 +47,8 @@ def compiled_model_fully_accelerated(tflite_bytes):
             gc.collect()
             return fully
         except RuntimeError as error:
-            failure = error
-    raise RuntimeError(f"{failure} {captured.text()[-2000:]}") from failure
+            failure, log = error, captured.text()[-2000:]
+    raise RuntimeError(f"{failure} {log}") from failure
 
 
 class _Captured:

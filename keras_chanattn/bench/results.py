@@ -6,6 +6,7 @@ import io
 import json
 import os
 
+from keras_chanattn.export.accelerators import gpu_column
 from keras_chanattn.export.files import write_bytes, write_text
 from keras_chanattn.tables import Column, format_table
 
@@ -37,6 +38,10 @@ COLUMNS = (
     "latency_min_ms",
     "partitions",  # XNNPACK delegate partitions
     "undelegated_ops",  # ops outside XNNPACK, as "OP (layer)"
+    "cpu_fully_accelerated",  # LiteRT's v2 API: every op on its CPU accelerator
+    "gpu",  # GPU delegate: "all", "<n> refused" or "?" (not checked: export.accelerators)
+    "gpu_refused_ops",  # the ops the GPU delegate refuses, as "OP (layer): reason"
+    "softmax_head",  # None, "kept", or "left to the app" (the file outputs logits)
     "float_ops",  # full int8: float ops kept, as "OP (layer)"
     "widened_ranges",  # full int8: ranges widened for XNNPACK, as "OP (layer)"
     "max_abs_error",  # held-out images, TFLite against Keras
@@ -202,6 +207,13 @@ def _export_fields(label, fmt, counts, report):
         path=report.path,
         partitions=report.xnnpack_partitions,
         undelegated_ops=list(report.undelegated_ops),
+        cpu_fully_accelerated=report.cpu_fully_accelerated,
+        gpu=gpu_column(report.gpu_delegate),
+        gpu_refused_ops=[
+            f"{r['op']} ({r.get('layer')}): {r['reason']}"
+            for r in (report.gpu_delegate or {}).get("refused", [])
+        ],
+        softmax_head=report.softmax_head,
         float_ops=[f"{f['op']} ({f['layer']})" for f in report.float_ops],
         widened_ranges=[f"{w['op']} ({w['layer']})" for w in report.widened_ranges],
         max_abs_error=held.max_abs_error if held else None,
@@ -236,6 +248,7 @@ def _table_columns(baselines):
         *[Column(ratio_column(b), f"x {b}", "{:.3f}") for b in baselines],
         Column("partitions", "parts"),
         Column("undelegated_ops", "outside"),
+        Column("gpu", "gpu"),
         Column("float_ops", "float"),
         Column("relative_error", "rel err", "{:.2g}"),
         Column("top1_agreement", "top-1 agr", "{:.3f}"),
@@ -255,9 +268,11 @@ def results_table(rows, baselines, markdown=False):
         "",
         f"Latency: LiteRT interpreter with XNNPACK, batch 1, median and p90 of interleaved "
         f"runs; {ratio_note}: median over that model's median in the same format. parts: "
-        "XNNPACK partitions; outside: ops left to LiteRT's kernels; float: float ops in full "
-        "int8. rel err / top-1 agr: .tflite against the Keras model on held-out images; probe "
-        "err: on out-of-distribution probes; acc: top-1 accuracy of the .tflite (labels given).",
+        "XNNPACK partitions; outside: ops left to LiteRT's kernels; gpu: ops the GPU delegate "
+        "takes ('all', 'n refused', '?' when this TensorFlow cannot check); float: float ops "
+        "in full int8. rel err / top-1 agr: .tflite against the Keras model on held-out "
+        "images; probe err: on out-of-distribution probes; acc: top-1 accuracy of the .tflite "
+        "(labels given).",
     ]
     for row in rows:
         if row.get("error"):
