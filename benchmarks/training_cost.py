@@ -19,6 +19,7 @@ show where their training time goes. From the repository root:
 import argparse
 import collections
 import dataclasses
+import re
 import statistics
 import sys
 import time
@@ -77,12 +78,16 @@ def parse_args(argv=None):
 
 
 def one_line(error):
-    """The line of an error message that says why (XLA's is deep in a long message)."""
+    """The line of an error message that says why (XLA's is deep in a long message), with the
+    last frame of the op's creation outside the installed packages (the block's line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     keys = ("unsupported", "not supported", "must be a compile-time constant", "xla")
     reason = next((line for line in lines if any(k in line.lower() for k in keys)), None)
     reason = reason or (lines[0] if lines else "")
-    return f"{type(error).__name__}: {reason}"[:200]
+    reason = re.sub(r"__inference_\w+(\[[^\]]*\])?", "<graph>", reason)
+    frames = [f for f in lines if f.startswith("File ") and "site-packages" not in f]
+    where = f" (at {frames[-1][5:]})" if frames else ""
+    return f"{type(error).__name__}: {reason[:200]}{where}"
 
 
 def build_models(setting, blocks, image_size, seed):
