@@ -39,6 +39,11 @@ def parse_gpu_analysis(text):
     Returns:
         `[{"subgraph", "index", "op", "reason"}]`, one per refused op, in graph order.
     """
+    if not isinstance(text, str):
+        raise TypeError(
+            f"parse_gpu_analysis takes the Analyzer's printed text as a str, got "
+            f"{type(text).__name__}; decode bytes first (text.decode('utf-8'))."
+        )
     refused, subgraph, last_op = [], 0, None
     for line in text.splitlines():
         found = _SUBGRAPH.match(line)
