@@ -15,7 +15,7 @@ import time
 
 import keras
 
-from keras_chanattn._compat.keras_distribute import use_local_batch_for_build
+from keras_chanattn._compat.keras_distribute import prepare_multi_worker_fit
 from keras_chanattn._compat.keras_graph import flatten_layers
 from keras_chanattn.backend import backend, require_tensorflow
 from keras_chanattn.layers.common import AttentionLayer
@@ -340,7 +340,7 @@ def _build(build_model, data, config, strategy):
                 set_synchronized_batch_norm(model, True)
             compile_classifier(model, config, steps_per_epoch)
             if _is_multi_worker(strategy):
-                use_local_batch_for_build(model, strategy)
+                prepare_multi_worker_fit(model, strategy)
             # Optimiser variables made now, not inside the first train step: a step that
             # creates variables is traced twice (seconds per model).
             model.optimizer.build(model.trainable_variables)

@@ -2,6 +2,9 @@
 
 A finished run is marked by `summary.json`. An overwrite trains in `out/.overwrite/` and its
 files replace the old run's only once it has finished, so a failed overwrite loses nothing.
+In multi-worker training only the chief writes `out`; each other worker writes the same
+files to its own `out/.<task>/` (e.g. `.worker-1`), resumes from there, and deletes it
+once the run has finished.
 """
 
 import dataclasses
@@ -16,11 +19,13 @@ RUN_FILES = ("config.json", "log.csv", "last.keras", SUMMARY)  # besides BACKUP
 
 @dataclasses.dataclass
 class RunFolder:
-    """Where a run writes: `work` is `out` itself, or `out/STAGING` for an overwrite."""
+    """Where a run writes: `work` is `out` itself, or `out/STAGING` for an overwrite;
+    `scratch` marks a non-chief worker's private folder, deleted when the run finishes."""
 
     out: pathlib.Path
     work: pathlib.Path
     resume: bool
+    scratch: bool = False
 
     @property
     def staged(self):
@@ -103,6 +108,20 @@ def plan_out_dir(out_dir, config, overwrite):
     if interrupted:
         check_same_config(out, config)
     return RunFolder(out, out, resume=interrupted)
+
+
+def private_folder(out, task, config, overwrite):
+    """The folder of non-chief worker `task` (e.g. `"worker-1"`) of a run in `out`.
+
+    The worker writes there what the chief writes to `out` (its saves take part in the
+    chief's cross-worker reductions) and resumes from its own backup there; `overwrite`,
+    or a finished copy left by a crash, starts it afresh.
+    """
+    private = pathlib.Path(out) / f".{task}"
+    if overwrite or finished_run(private) is not None:
+        shutil.rmtree(private, ignore_errors=True)
+    folder = plan_out_dir(private, config, overwrite=False)
+    return RunFolder(folder.out, folder.work, folder.resume, scratch=True)
 
 
 def swap_in(out):
