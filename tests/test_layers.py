@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_chanattn
 from tests.layer_cases import CASES, case_variants, randomize_weights
+from tests.marks import tensorflow_only
 
 NAMES = keras_chanattn.list_attention()
 TOLERANCE = 1e-5
@@ -118,6 +119,7 @@ def test_keras_file_round_trip_without_custom_objects(name, tmp_path):
     assert type(loaded.layers[1]) is type(layer)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("name", NAMES)
 def test_saved_model_export_reloads(name, tmp_path):
     channels = CASES[name].channels
@@ -159,6 +161,7 @@ def test_fit_step_changes_weights_with_finite_loss(name, randomized):
     assert before and (all(changed) if randomized else any(changed)), changed
 
 
+@tensorflow_only
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_are_finite_for_constant_input(name):
     layer = built_layer(name)
