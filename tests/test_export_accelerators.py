@@ -148,7 +148,9 @@ def test_softmax_head_is_found_in_each_form():
 
 
 def test_int8_default_classifier_is_fully_accelerated_and_compared_on_logits(tmp_path):
-    model = _classifier()  # classifier_activation="softmax", the builders' default
+    # classifier_activation="softmax", the builders' default; SRM has an inference form, so
+    # the export model is a clone sharing the head layer with `model`.
+    model = _classifier(keras_chanattn.create_attention("srm", scale_statistics=True))
     calibration, held_out = _images(48), _images(16, seed=1)
     report = export_tflite(model, tmp_path / "m.tflite", "int8", calibration, held_out)
     assert report.passed, report.summary()
@@ -159,6 +161,7 @@ def test_int8_default_classifier_is_fully_accelerated_and_compared_on_logits(tmp
     assert not ends_in_softmax(flatbuffer)
     # Compared with the logits: an independent NumPy head on the Keras features.
     features = keras.Model(model.input, model.layers[-2].output).predict(held_out, verbose=0)
+    assert report.inference_forms
     kernel, bias = model.layers[-1].get_weights()
     logits = features @ kernel + bias
     with PreparedModel(model) as prepared:

@@ -105,7 +105,7 @@ class PreparedModel:
         if not self.has_softmax_head:
             raise ValueError(f"Model {self.model.name!r} has no softmax head to take off.")
         if name not in self._logits_models:
-            self._logits_models[name] = without_softmax(model, softmax_layer(model))
+            self._logits_models[name] = without_softmax(model)
         return self._logits_models[name]
 
     def reference_for(self, tflite_bytes):
