@@ -1,25 +1,23 @@
 """One worker of the loopback multi-worker tests (tests/test_multiworker.py).
 
 Trains a tiny CIFAR ResNet (depth 8, 4 base channels, SRM blocks with BatchNorm) on 128
-digits with `fit_classifier`: under `MultiWorkerMirroredStrategy` when `TF_CONFIG` is set,
-else on the default strategy (the single-worker reference). Writes a JSON result (every
+digits with `fit_classifier` under `MultiWorkerMirroredStrategy`: the cluster `TF_CONFIG`
+names, or this process alone without it (the single-worker reference). Writes a JSON result (every
 epoch's logs, the summary, and the logits on fixed validation images) to `--result`, and,
 with `--marker`, one line per finished training batch, so a test can kill it mid-epoch.
 """
 
 import argparse
 import json
-import os
 import time
 
 # The strategy must exist before any TensorFlow op runs (collective ops are configured at
 # program start-up), so it is made before the data and the model.
 import tensorflow as tf
 
-STRATEGY = tf.distribute.MultiWorkerMirroredStrategy() if os.environ.get("TF_CONFIG") else None
+STRATEGY = tf.distribute.MultiWorkerMirroredStrategy()
 
 import keras  # noqa: E402
-keras.config.disable_traceback_filtering()
 import numpy as np  # noqa: E402
 
 from keras_chanattn import models  # noqa: E402
