@@ -53,8 +53,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", choices=[*SETTINGS, "both"], default="both")
     parser.add_argument("--blocks", default=None, help="comma-separated; default: all")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds over the models")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the models")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (first: compile)")
     parser.add_argument("--jit", choices=list(JIT_MODES), default="both")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 policy")
@@ -204,6 +204,10 @@ def block_sites(model):
     return [(shape, layer, count) for shape, (layer, count) in sites.items()]
 
 
+def _identity(x, training=None):
+    return x
+
+
 def _timed(function, x, steps):
     """Median milliseconds of `function(x)` over `steps` calls, after one untimed call."""
     function(x).numpy()
@@ -223,11 +227,11 @@ def layer_functions(layer, x, jit):
     variables = list(getattr(layer, "trainable_variables", []))
     dy = tf.random.stateless_uniform(x.shape, (0, 1), dtype="float32")
 
-    @tf.function(jit_compile=jit)
+    @tf.function(jit_compile=jit, autograph=False)
     def forward(x):
         return tf.reduce_sum(tf.cast(layer(x, training=True), "float32"))
 
-    @tf.function(jit_compile=jit)
+    @tf.function(jit_compile=jit, autograph=False)
     def train(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -257,7 +261,7 @@ def profile_block(label, model, batch_size, jit, steps):
     for shape, layer, count in block_sites(model):
         x = tf.random.stateless_uniform((batch_size, *shape), (1, 2), dtype=layer.compute_dtype)
         times = {}
-        for name, function in (("block", layer), ("identity", lambda x, training: x)):
+        for name, function in (("block", layer), ("identity", _identity)):
             forward, train = layer_functions(function, x, jit)
             times[name] = (_timed(forward, x, steps), _timed(train, x, steps))
             if name == "block":
@@ -333,6 +337,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # the blocks alone: one new tf.function per shape
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
