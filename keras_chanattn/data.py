@@ -471,7 +471,18 @@ def make_pipeline(
     if augment:
         layer = augmentation(seed=seed) if augment is True else augment
         dataset = dataset.map(
-            lambda x, y: (tf.clip_by_value(layer(x, training=True), 0.0, 1.0), y),
+            lambda x, y: (tf.clip_by_value(_augment(layer, x), 0.0, 1.0), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _augment(layer, images):
+    """`layer(images, training=True)` inside a tf.data map. A `Sequential`'s layers are
+    called in turn: the `Sequential` itself turns its input into the backend's arrays,
+    which fails in tf.data on JAX, where the preprocessing layers alone stay in TensorFlow."""
+    import keras
+
+    for each in layer.layers if isinstance(layer, keras.Sequential) else [layer]:
+        images = each(images, training=True)
+    return images

@@ -110,3 +110,15 @@ def test_unknown_source_is_a_clear_error():
 
     with pytest.raises(ValueError, match="Unknown data source"):
         load_data("no-such-source")
+
+
+def test_pipeline_augments_with_the_layers_of_a_sequential_in_turn():
+    """make_pipeline calls a Sequential's layers one by one (a Sequential fails inside
+    tf.data on JAX); on TensorFlow that gives what the Sequential gives."""
+    from keras_chanattn.data import _augment, augmentation
+
+    images = np.random.default_rng(0).uniform(0, 1, (4, 12, 12, 3)).astype("float32")
+    in_turn = _augment(augmentation(seed=3), images)
+    whole = augmentation(seed=3)(images, training=True)
+    np.testing.assert_array_equal(np.asarray(in_turn), np.asarray(whole))
+    assert not np.array_equal(np.asarray(in_turn), images)
