@@ -225,7 +225,22 @@ def test_the_private_keras_names_of_the_multi_worker_fix_exist():
     assert missing_private_names() == [], "update keras_chanattn/_compat/keras_distribute.py"
 
 
+def test_the_late_strategy_error_names_the_fix(monkeypatch):
+    import tensorflow as tf
+
+    from keras_chanattn.train import distribution_strategy
+
+    def refuse():
+        raise RuntimeError("Collective ops must be configured at program startup")
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", refuse)
+    with pytest.raises(RuntimeError, match="before loading data or building a model"):
+        distribution_strategy("multi-worker")
+
+
+@pytest.mark.slow
 def test_a_late_multi_worker_strategy_is_a_clear_error():
+    """The real TensorFlow refusal, in a fresh process that has run an op (~20 s)."""
     script = (
         "import json, os\n"
         "os.environ['TF_CONFIG'] = json.dumps({'cluster': {'worker': ['127.0.0.1:1', "
