@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_chanattn
-from keras_chanattn.layers.cbam import ConvGate, z_pool
+from keras_chanattn.layers.cbam import ConvGate, blocked_conv, column_block, z_pool
 from tests.layer_cases import randomize_weights
 
 
@@ -113,3 +113,39 @@ def test_z_pool_concatenates_max_and_mean_without_a_stack(axis):
     function = tf.function(lambda t: z_pool(t, axis), input_signature=[tf.TensorSpec(x.shape)])
     types = {op.type for op in function.get_concrete_function().graph.get_operations()}
     assert "Pack" not in types and "ConcatV2" in types
+
+
+def same_correlation(x, kernel):
+    """NumPy reference: zero-padded 'same' 2-D correlation of (N, R, L) maps by a (k, k) kernel."""
+    half = kernel.shape[0] // 2
+    padded = np.pad(x, ((0, 0), (half, half), (half, half)))
+    rows, cols = x.shape[1:]
+    out = np.zeros_like(x)
+    for dr in range(kernel.shape[0]):
+        for dc in range(kernel.shape[1]):
+            out += kernel[dr, dc] * padded[:, dr : dr + rows, dc : dc + cols]
+    return out
+
+
+@pytest.mark.parametrize(
+    "columns, kernel_size", [(16, 7), (14, 7), (7, 7), (12, 3), (13, 7), (40, 11), (5, 7)]
+)
+def test_blocked_conv_matches_a_same_correlation(columns, kernel_size):
+    """Blocks of 4 to 8 columns where the length has such a divisor (13: plain convolution;
+    an 11x11 kernel spans two blocks on each side)."""
+    rng = np.random.default_rng(columns)
+    x = rng.normal(size=(2, 9, columns)).astype("float32")
+    kernel = rng.normal(size=(kernel_size, kernel_size)).astype("float32")
+    got = blocked_conv(x[..., None], kernel[:, :, None, None])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got)[..., 0], same_correlation(x, kernel), atol=1e-4
+    )
+    assert column_block(columns) == {16: 8, 14: 7, 7: 7, 12: 6, 13: None, 40: 8, 5: 5}[columns]
+
+
+def test_conv_gate_blocked_needs_the_folded_gate():
+    gate = ConvGate(7)
+    gate.build((None, None, None, 2))
+    maps = [np.zeros((1, 8, 8, 1), "float32")] * 2
+    with pytest.raises(ValueError, match="batch_norm=False"):
+        gate.blocked(maps)

@@ -50,6 +50,27 @@ def triplet_gates(inputs, cw, hc, hw=None, training=None):
     return (total + gates["hw"]) * (1.0 / 3.0)
 
 
+def folded_branch_gates(inputs, cw, hc, hw=None):
+    """`triplet_branch_gates` of folded `ConvGate`s, with no transpose and blocked convolutions.
+
+    The (C, W) plane is convolved as the (W, C) plane with the kernel transposed (the same
+    values), so its pooled maps keep the input's order; every branch's convolution runs on
+    blocks of columns (`ConvGate.blocked`). Each gate `(N, W, C, 1)`, `(N, H, C, 1)` is
+    then a reshape of the broadcastable one.
+    """
+    shape = ops.shape(inputs)
+    channels = inputs.shape[-1]
+    gates = {
+        "cw": ops.reshape(
+            cw.blocked(z_pool_maps(inputs, axis=1), transposed=True), (-1, 1, shape[2], channels)
+        ),
+        "hc": ops.reshape(hc.blocked(z_pool_maps(inputs, axis=2)), (-1, shape[1], 1, channels)),
+    }
+    if hw is not None:
+        gates["hw"] = hw.blocked(z_pool_maps(inputs, axis=3))
+    return gates
+
+
 @register_attention("triplet")
 class TripletAttention(AttentionLayer):
     """Triplet Attention: three spatial gates, one per pair of the axes (C, H, W).
@@ -195,7 +216,9 @@ class FoldedTripletAttention(AttentionLayer):
 
     The three (or two) branch gates are `sigmoid(conv(z) + b)`. Built by
     `TripletAttention.inference_layer()`; it computes the same outputs as the original in
-    inference mode, with no BatchNorm op.
+    inference mode, with no BatchNorm op, no transpose and each convolution on blocks of
+    columns (`folded_branch_gates`): in full int8 on XNNPACK the one-channel convolutions
+    of the (C, W) and (H, C) planes were most of the block's time.
 
     Args:
         kernel_size: odd size of the square convolution kernel of each branch. Defaults
@@ -227,12 +250,19 @@ class FoldedTripletAttention(AttentionLayer):
             setattr(self, branch, gate)
 
     def call(self, inputs):
-        return inputs * triplet_gates(inputs, self.cw, self.hc, self.hw)
+        gates = folded_branch_gates(inputs, self.cw, self.hc, self.hw)
+        # The mean's factor scales the small gate maps, so that only the two ADDs building
+        # the full map and the product with `x` touch (H, W, C).
+        factor = 1.0 / len(gates)
+        total = gates["cw"] * factor + gates["hc"] * factor
+        if "hw" in gates:
+            total = total + gates["hw"] * factor
+        return inputs * total
 
     def gates(self, inputs, training=False):
         """`{"cw": (N, 1, W, C), "hc": (N, H, 1, C), "hw": (N, H, W, 1)}`, as
         `TripletAttention.gates`."""
-        return triplet_branch_gates(inputs, self.cw, self.hc, self.hw)
+        return folded_branch_gates(inputs, self.cw, self.hc, self.hw)
 
     def get_config(self):
         config = super().get_config()
