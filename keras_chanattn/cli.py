@@ -194,6 +194,8 @@ def _train(args):
     config = TrainConfig(
         flip=args.data != "digits", **{k: v for k, v in vars(args).items() if k in fields}
     )
+    # A multi-worker strategy must exist before TensorFlow runs anything (the data loads).
+    strategy = distribution_strategy(args.distribute)
     data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
     data = load_data(args.data, args.image_size, seed=args.seed, **data_kwargs)
     variant = args.attention or PLAIN
@@ -206,14 +208,14 @@ def _train(args):
             args.backbone, variant, input_shape=shape, num_classes=data.num_classes,
             classifier_activation=None, name=f"{variant}_{args.backbone}", **backbone_kwargs,
         ),
-        data, config, out_dir=args.out_dir, strategy=distribution_strategy(args.distribute),
-        overwrite=args.overwrite,
+        data, config, out_dir=args.out_dir, strategy=strategy, overwrite=args.overwrite,
     )  # fmt: skip
+    saved = "saved by worker 0" if strategy and not strategy.extended.should_checkpoint else "saved"
     print(
         f"{model.name}: validation accuracy {summary['val_accuracy']:.4f}, loss "
         f"{summary['val_loss']:.4f}, {summary['epochs_run']} epochs run "
         f"({summary['seconds_per_epoch']:.1f} s each), {summary['replicas']} replica(s); "
-        f"model saved to {args.out_dir}/last.keras"
+        f"model {saved} to {args.out_dir}/last.keras"
     )
     return 0
 

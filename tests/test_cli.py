@@ -53,3 +53,26 @@ def test_load_image_file(tmp_path):
         np.testing.assert_array_equal(load_image_file(tmp_path / name), images)
     with pytest.raises(ValueError, match="holds no arrays"):
         load_image_file(tmp_path / "empty.npz")
+
+
+def test_train_makes_the_strategy_before_the_data_loads(monkeypatch, capsys):
+    # MultiWorkerMirroredStrategy refuses to start once TensorFlow has run anything.
+    import keras_chanattn.data as data
+    import keras_chanattn.train as train
+
+    calls = []
+
+    def strategy(name):
+        calls.append(("strategy", name))
+        return None
+
+    def load_data(*args, **kwargs):
+        calls.append(("data", args[0]))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train, "distribution_strategy", strategy)
+    monkeypatch.setattr(data, "load_data", load_data)
+    argv = ["train", "--data", "digits", "--distribute", "multi-worker", "--out", "unused"]
+    assert main(argv) == 2
+    assert calls == [("strategy", "multi-worker"), ("data", "digits")]
+    assert "stop here" in capsys.readouterr().err
