@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras_chanattn
 from keras_chanattn.layers.cbam import ConvGate, blocked_conv, column_block, z_pool
 from tests.layer_cases import randomize_weights
+from tests.marks import tensorflow_only
 
 
 def count(weights):
@@ -103,6 +104,7 @@ def test_spatial_kernel_keeps_the_pytorch_orientation():
     np.testing.assert_allclose(got, x * gate[..., None], rtol=1e-5, atol=1e-6)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("axis", [1, 2, 3])
 def test_z_pool_concatenates_max_and_mean_without_a_stack(axis):
     """TFLite turns a stack into PACK, which XNNPACK does not run: the maps are joined by a

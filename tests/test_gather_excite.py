@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_chanattn import FoldedGatherExcite, GatherExcite
 from tests.layer_cases import randomize_weights
+from tests.marks import tensorflow_only
 from tests.references.gather_excite import gather_excite as reference
 
 TOLERANCE = 1e-5
@@ -120,6 +121,7 @@ def test_tiles_start_top_left_and_border_tiles_average_their_own_positions():
     np.testing.assert_allclose(gate, expected, rtol=1e-6)
 
 
+@tensorflow_only
 def test_tiled_gather_serves_any_size_after_export(tmp_path):
     """A SavedModel with unknown H, W: the padding and crop are computed at run time."""
     layer = GatherExcite(extent=3, use_mlp=True, reduction=2)
@@ -138,6 +140,7 @@ def _op_types(function):
     return {op.type for op in function.get_concrete_function().graph.get_operations()}
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     "extent, h, w",
     [(2, 8, 6), (3, 7, 5), (4, 4, 9), (8, 7, 5), (4, 1, 1)],
@@ -171,6 +174,7 @@ def test_static_and_dynamic_tilings_agree_with_the_reference(extent, h, w):
         np.testing.assert_allclose(from_static, from_dynamic, rtol=1e-5, atol=1e-5)
 
 
+@tensorflow_only
 def test_parametric_training_step_and_constant_input_gradients():
     layer = GatherExcite(parametric=True, use_mlp=True, reduction=4)
     inputs = keras.Input((6, 5, 8))
