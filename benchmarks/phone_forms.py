@@ -175,6 +175,8 @@ def share_weights(ours, peer):
     from keras_chanattn.layers import AttentionLayer
 
     for mine, theirs in zip(ours.layers, peer.layers, strict=True):
+        if not mine.weights and not theirs.weights:
+            continue
         if mine.name != theirs.name:
             raise ValueError(
                 f"Layer {mine.name} of {ours.name} faces {theirs.name} in {peer.name}."
@@ -200,12 +202,14 @@ def function_gaps(models, pairs, images):
 
 
 def export_all(models, args, tflite_dir, calibration, held_out):
-    """`(reports, errors)`: every model in every format, `{(label, format): report}` and
-    `{(label, format): why it failed}` (a conversion error or an interpreter crash)."""
+    """`(reports, errors, classes)`: every model in every format, `{(label, format): report}`,
+    `{(label, format): why it failed}` (a conversion error or an interpreter crash), and
+    `{label: distinct top-1 classes of the Keras model on the held-out images}` (1: the
+    agreement is trivial)."""
     from keras_chanattn.export import PreparedModel, export_tflite
     from keras_chanattn.export.artifacts import artifact_paths
 
-    reports, errors = {}, {}
+    reports, errors, classes = {}, {}, {}
     for label, model in models.items():
         started = time.perf_counter()
         with PreparedModel(model) as prepared:
@@ -221,8 +225,10 @@ def export_all(models, args, tflite_dir, calibration, held_out):
                     )  # fmt: skip
                 except Exception as error:  # reported per model; the run goes on
                     errors[(label, fmt)] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            logits = prepared.keras_outputs(held_out[: args.held_out])[0]
+            classes[label] = len(np.unique(np.argmax(logits, axis=-1)))
         print(f"exported {label} in {time.perf_counter() - started:.0f} s", flush=True)
-    return reports, errors
+    return reports, errors, classes
 
 
 def time_formats(models, reports, args, out, held_out):
@@ -260,15 +266,15 @@ def _ratio(row, baseline):
     return "-" if value is None else f"{value:.3f}"
 
 
-def format_lines(result, fmt, goals, errors, labels):
+def format_lines(result, fmt, goals, errors, classes):
     """One format's table: latency, ratios to floor and plain, partitions, agreement, goal."""
     header = (
         f"{'model':<16}{'median ms':>10}{'p90 ms':>9}{'/floor':>8}{'/plain':>8}{'parts':>6}"
-        f"{'top-1 agr':>10}  goal"
+        f"{'top-1 agr':>10}{'classes':>8}  goal"
     )
     lines = [f"-- {fmt} --", header, "-" * len(header)]
     rows = {row["model"]: row for row in result.rows} if result else {}
-    for label in labels:
+    for label in classes:
         if (label, fmt) in errors:
             lines.append(f"{label:<16}FAILED: {errors[(label, fmt)]}")
             continue
@@ -277,7 +283,7 @@ def format_lines(result, fmt, goals, errors, labels):
         lines.append(
             f"{label:<16}{row['latency_median_ms']:>10.2f}{row['latency_p90_ms']:>9.2f}"
             f"{_ratio(row, FLOOR):>8}{_ratio(row, PLAIN):>8}{row['partitions']:>6}"
-            f"{'-' if agreement is None else f'{agreement:.3f}':>10}  "
+            f"{'-' if agreement is None else f'{agreement:.3f}':>10}{classes[label]:>8}  "
             f"{verdict(label, row, fmt, goals)}"
         )
     return lines
@@ -337,8 +343,15 @@ def run_backbone(args, alpha, out, data):
     for label, reason in skipped.items():
         print(f"skipping {label}: {reason}", file=sys.stderr)
     gaps = function_gaps(models, pairs, held_out[:8])
-    reports, errors = export_all(models, args, os.path.join(out, "tflite"), calibration, held_out)
+    tflite_dir = os.path.join(out, "tflite")
+    started = time.perf_counter()
+    reports, errors, classes = export_all(models, args, tflite_dir, calibration, held_out)
+    exported = time.perf_counter()
     results = time_formats(models, reports, args, out, held_out)
+    phases = (
+        f"{len(models)} models: export and verification {exported - started:.0f} s, timing "
+        f"{time.perf_counter() - exported:.0f} s."
+    )
     name = "ResNet-50" if alpha is None else f"MobileNetV2 alpha {alpha:g} (block after the 3x3)"
     lines = [
         f"== {name}, {args.image_size}x{args.image_size}, batch 1, LiteRT + XNNPACK, "
@@ -347,7 +360,7 @@ def run_backbone(args, alpha, out, data):
     ]
     goals = GOALS[args.backbone]
     for fmt in args.formats:
-        lines += format_lines(results.get(fmt), fmt, goals, errors, list(models)) + [""]
+        lines += format_lines(results.get(fmt), fmt, goals, errors, classes) + [""]
     if pairs:
         lines += peer_lines(results, pairs, gaps, errors, args.formats) + [""]
     notes = []
@@ -355,7 +368,7 @@ def run_backbone(args, alpha, out, data):
         for row in result.rows:
             notes += [f"[{fmt}] {note}" for note in resnet_bench.row_notes(row["model"], row)]
     lines += notes + [f"skipped {label}: {reason}" for label, reason in skipped.items()]
-    return "\n".join(lines)
+    return "\n".join([*lines, phases])
 
 
 def legend(args, how):
@@ -365,7 +378,8 @@ def legend(args, how):
         "carries its block's network's weights.",
         f"Goals (int8 latency / floor): {goals}; others reported. Peers: ours / peer <= 1.0.",
         "parts: XNNPACK partitions. top-1 agr: the .tflite against its Keras model on the "
-        "held-out images (untrained weights: a measure of the format's fidelity).",
+        "held-out images (untrained weights: a measure of the format's fidelity); classes: "
+        "distinct top-1 classes of the Keras model there (1 = the agreement is trivial).",
         "MobileNetV2 SE: MobileNetV3's settings (bottleneck make_divisible(C/4, 8), hard "
         "sigmoid); SA and SGE: 64 groups where the channels allow, else the largest that fits.",
     ]
@@ -374,6 +388,7 @@ def legend(args, how):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
+    from keras_chanattn.bench import bench  # noqa: F401  (imported now: fail before the exports)
     from keras_chanattn.export.files import write_text
 
     out = args.out or os.path.join(

@@ -100,7 +100,7 @@ def _tiny_builder(args, alpha):
     """A one-block network in place of the backbone: the script's builder's signature."""
 
     def build(attention, name, **kwargs):
-        inputs = keras.Input((8, 8, 3))
+        inputs = keras.Input((args.image_size, args.image_size, 3))
         x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
         if isinstance(attention, str):
             x = keras_chanattn.create_attention(attention, name="block", **kwargs)(x)
@@ -112,6 +112,7 @@ def _tiny_builder(args, alpha):
     return build
 
 
+@pytest.mark.slow
 def test_one_run_reports_every_model_and_a_crash(tmp_path, monkeypatch, capsys):
     bench = script()
     monkeypatch.setattr(bench, "builder", _tiny_builder)
@@ -133,7 +134,7 @@ def test_one_run_reports_every_model_and_a_crash(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "export_all", crashing)
     argv = ["--blocks", "se,srm", "--formats", "float32,int8", "--runs", "2", "--warmup", "0",
             "--calibration", "8", "--held-out", "8", "--synthetic"]  # fmt: skip
-    argv += ["--out", str(tmp_path)]
+    argv += ["--image-size", "8", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
     text = (tmp_path / "phone_forms.txt").read_text()
     for label in ("plain", "floor", "se", "peer_se", "srm", "peer_srm"):
