@@ -10,7 +10,7 @@ from keras_chanattn._compat.litert import interpreter_nodes
 from keras_chanattn.export.ranges import builtin_names, scale_ratio_problems
 
 
-def _operator_codes(model):
+def operator_codes(model):
     """`[(kind, name)]` per operator code of a flatbuffer `Model`: `("builtin", "ADD")`,
     `("custom", "FlexErf")`, ..."""
     from ai_edge_litert import schema_py_generated as schema
@@ -38,7 +38,7 @@ def flatbuffer_ops(tflite_bytes):
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAs(tflite_bytes, 0)
-    codes = _operator_codes(model)
+    codes = operator_codes(model)
     counts, custom_ops = {}, set()
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
@@ -55,7 +55,7 @@ def operator_outputs(tflite_bytes):
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAs(tflite_bytes, 0)
-    codes = _operator_codes(model)
+    codes = operator_codes(model)
     subgraph = model.Subgraphs(0)
     found = []
     for o in range(subgraph.OperatorsLength()):
