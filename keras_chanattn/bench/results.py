@@ -39,7 +39,7 @@ COLUMNS = (
     "partitions",  # XNNPACK delegate partitions
     "undelegated_ops",  # ops outside XNNPACK, as "OP (layer)"
     "cpu_fully_accelerated",  # LiteRT's v2 API: every op on its CPU accelerator
-    "gpu",  # GPU delegate: "all", "<n> refused" or "?" (not checked: export.accelerators)
+    "gpu",  # GPU delegate: "all", "<n> refused" or "?" (export.accelerators, gpu_rules)
     "gpu_refused_ops",  # the ops the GPU delegate refuses, as "OP (layer): reason"
     "softmax_head",  # None, "kept", or "left to the app" (the file outputs logits)
     "float_ops",  # full int8: float ops kept, as "OP (layer)"
@@ -269,7 +269,8 @@ def results_table(rows, baselines, markdown=False):
         f"Latency: LiteRT interpreter with XNNPACK, batch 1, median and p90 of interleaved "
         f"runs; {ratio_note}: median over that model's median in the same format. parts: "
         "XNNPACK partitions; outside: ops left to LiteRT's kernels; gpu: ops the GPU delegate "
-        "takes ('all', 'n refused', '?' when this TensorFlow cannot check); float: float ops "
+        "takes ('all', 'n refused'; by the package's screen of its documented rules where "
+        "TensorFlow's Analyzer lacks them; '?' not checked); float: float ops "
         "in full int8. rel err / top-1 agr: .tflite against the Keras model on held-out "
         "images; probe err: on out-of-distribution probes; acc: top-1 accuracy of the .tflite "
         "(labels given).",

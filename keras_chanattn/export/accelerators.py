@@ -8,7 +8,8 @@
   against the GPU delegate's rules and prints `GPU COMPATIBILITY WARNING: <reason>` after an
   op it refuses. Some TensorFlow builds ship the analyzer without those rules: they call
   every graph compatible. `gpu_checker_active()` tells them apart with a graph the delegate
-  cannot take (a GATHER_ND), so such a build reports "not checked", never a false "all".
+  cannot take (a GATHER_ND); such a build gets the package's own screen of the delegate's
+  documented rules instead (`gpu_rules`), labelled `checked: "rules"`, never a false "all".
 """
 
 import contextlib
@@ -17,6 +18,7 @@ import io
 import re
 
 from keras_chanattn._compat.litert import compiled_model_fully_accelerated
+from keras_chanattn.export.gpu_rules import is_quantized, screen_gpu_rules
 
 _OP = re.compile(r"^\s*Op#(\d+) (\w+)\(")
 _WARNING = "GPU COMPATIBILITY WARNING: "
@@ -88,28 +90,36 @@ def gpu_checker_active():
     return bool(parse_gpu_analysis(analyzer_text(converter.convert())))
 
 
+RULES_NOTE = (
+    "the package's screen of the GPU delegate's documented rules (export.gpu_rules), not "
+    "the delegate: this TensorFlow's Analyzer has no GPU rules"
+)
+QUANTIZED_NOTE = (
+    "; an 8-bit file runs on the GPU delegate as a float view (weights dequantized, "
+    "8-bit inputs and outputs converted on the CPU)"
+)
+
+
 def gpu_compatibility(tflite_bytes):
     """The GPU delegate's verdict on the flatbuffer, as plain data.
 
     Returns:
-        `{"checked", "accepts_all", "refused", "note"}`: `checked` is `False` (and
-        `accepts_all` `None`) when this TensorFlow's Analyzer lacks the GPU rules;
-        `refused` lists `parse_gpu_analysis`'s ops.
+        `{"checked", "accepts_all", "refused", "note"}`: `checked` is `"analyzer"` where
+        this TensorFlow's Analyzer applies the GPU rules, else `"rules"` (the package's
+        screen, `gpu_rules.screen_gpu_rules`); `refused` lists `{"subgraph", "index", "op",
+        "reason"}` per op refused.
     """
-    if not gpu_checker_active():
-        return {
-            "checked": False,
-            "accepts_all": None,
-            "refused": [],
-            "note": "this TensorFlow's Analyzer has no GPU delegate rules (it accepts a "
-            "GATHER_ND graph the GPU delegate refuses); check on a build that has them",
-        }
-    refused = parse_gpu_analysis(analyzer_text(tflite_bytes))
-    return {"checked": True, "accepts_all": not refused, "refused": refused, "note": ""}
+    if gpu_checker_active():
+        refused = parse_gpu_analysis(analyzer_text(tflite_bytes))
+        return {"checked": "analyzer", "accepts_all": not refused, "refused": refused, "note": ""}
+    refused = screen_gpu_rules(tflite_bytes)
+    note = RULES_NOTE + (QUANTIZED_NOTE if is_quantized(tflite_bytes) else "")
+    return {"checked": "rules", "accepts_all": not refused, "refused": refused, "note": note}
 
 
 def gpu_column(gpu):
-    """The bench table's short `gpu` cell: `all`, `<n> refused`, or `?` (not checked)."""
+    """The bench table's short `gpu` cell: `all`, `<n> refused`, or `?` (not checked: a
+    report written before the rules screen, or none)."""
     if not gpu or not gpu.get("checked"):
         return "?"
     return "all" if gpu["accepts_all"] else f"{len(gpu['refused'])} refused"

@@ -209,11 +209,10 @@ def _elementwise(op):
 
 
 def _reduction(op):
-    problem = _inputs(op, 1, 1 if op.name == "MEAN" else None)
     axes = op.inputs[1] if len(op.inputs) > 1 else None
-    if problem is None and (axes is None or not axes.const or axes.dtype != "INT32"):
-        problem = f"{op.name} takes constant int32 axes only"
-    return problem
+    if axes is None or not axes.const or axes.dtype != "INT32":
+        return f"{op.name} takes constant int32 axes only"
+    return _inputs(op, 1, 1 if op.name == "MEAN" else None)
 
 
 def _strided_slice(op):

@@ -31,7 +31,8 @@ class VerificationReport(CheckReport):
         cpu_accelerator_error: why the v2 API could not compile the model, or `None`.
         gpu_delegate: the GPU delegate's verdict (`accelerators.gpu_compatibility`):
             `{"checked", "accepts_all", "refused": [{"subgraph", "index", "op", "layer",
-            "reason"}], "note"}`; not a failure, a report.
+            "reason"}], "note"}`, `checked` saying by what: `"analyzer"` (TensorFlow's) or
+            `"rules"` (the package's screen of the documented rules); not a failure, a report.
         softmax_head: what export did with a classifier's final softmax: `None` (no such
             head), `"kept"`, or `"left to the app"` (the file outputs the logits, compared
             with the Keras model's logits; apply softmax in the app).
@@ -100,13 +101,14 @@ class VerificationReport(CheckReport):
         """One line: the v2 CPU accelerator's and the GPU delegate's verdicts."""
         cpu = {True: "fully accelerated", False: "NOT fully accelerated", None: "not compiled"}
         gpu = self.gpu_delegate or {}
+        by = " (package's rules screen)" if gpu.get("checked") == "rules" else ""
         if not gpu.get("checked"):
             gpu_text = "GPU delegate not checked"
         elif gpu["accepts_all"]:
-            gpu_text = "GPU delegate takes every op"
+            gpu_text = f"GPU delegate takes every op{by}"
         else:
             refused = [f"{r['op']} ({r.get('layer')}): {r['reason']}" for r in gpu["refused"]]
-            gpu_text = f"GPU delegate refuses {'; '.join(refused)}"
+            gpu_text = f"GPU delegate refuses{by} {'; '.join(refused)}"
         return f"CPU accelerator (v2): {cpu[self.cpu_fully_accelerated]}; {gpu_text}"
 
     def summary(self):
