@@ -13,11 +13,11 @@ from keras_chanattn.export.gpu_rules import Op, Tensor, op_problems, read_ops, s
 from keras_chanattn.layers.registry import list_attention, small_network_kwargs
 from tests.marks import slow_unless
 
-# Blocks whose current inference form holds 5-D tensors (SA's channel shuffle, SGE's group
-# statistics), which the delegate refuses. A form rewritten in 4-D makes its case XPASS.
+# Blocks whose current inference form holds 5-D tensors (SA's channel shuffle, SGE's gate on
+# each group), which the delegate refuses. A form rewritten in 4-D makes its case XPASS.
 FIVE_D_FORMS = {
     "sa": "channel shuffle through a 5-D reshape and transpose",
-    "sge": "group statistics on a 5-D (..., groups, channels per group) tensor",
+    "sge": "the group gate applied to a 5-D (..., groups, channels per group) view",
 }
 
 
