@@ -215,7 +215,7 @@ class ConvGate(keras.layers.Layer):
         kernel = ops.cast(self.conv.kernel, maximum.dtype)
         if transposed:
             kernel = ops.transpose(kernel, (1, 0, 2, 3))
-        y = blocked_conv(mean, kernel[:, :, 1:]) + ops.cast(self.conv.bias, mean.dtype)
+        y = blocked_conv(mean, kernel[:, :, 1:], ops.cast(self.conv.bias, mean.dtype))
         return ops.sigmoid(blocked_conv(maximum, kernel[:, :, :1]) + y)
 
     def compute_output_shape(self, input_shape):
@@ -283,16 +283,22 @@ def banded_kernel(kernel, block):
     return ops.einsum("sioc,rc->rsio", ops.cast(select, kernel.dtype), kernel[:, :, 0, 0])
 
 
-def blocked_conv(x, kernel):
-    """`conv(x, kernel, padding="same")` of a one-channel map `(N, R, L, 1)`, computed on
-    blocks of `column_block(L)` columns (see `ConvGate.blocked`); a plain convolution where
-    `L` has no such block. Zero padding of the blocks is the convolution's own padding."""
+def blocked_conv(x, kernel, bias=None):
+    """`conv(x, kernel, padding="same") + bias` of a one-channel map `(N, R, L, 1)`, computed
+    on blocks of `column_block(L)` columns (see `ConvGate.blocked`); a plain convolution
+    where `L` has no such block. Zero padding of the blocks is the convolution's own
+    padding. The bias `(1,)` is added before the reshape back, so that TFLite fuses it into
+    the CONV_2D: a separate int8 ADD of a bias much larger than the convolution's output
+    breaks XNNPACK's limit on the ratio of their scales (2^-10) and leaves the graph."""
     block = column_block(x.shape[2])
     if block is None:
-        return ops.conv(x, kernel, padding="same")
+        y = ops.conv(x, kernel, padding="same")
+        return y if bias is None else y + bias
     shape = ops.shape(x)
     blocks = ops.reshape(x, (-1, shape[1], x.shape[2] // block, block))
     y = ops.conv(blocks, banded_kernel(kernel, block), padding="same")
+    if bias is not None:
+        y = y + ops.tile(bias, (block,))
     return ops.reshape(y, (-1, shape[1], x.shape[2], 1))
 
 
