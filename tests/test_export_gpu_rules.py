@@ -13,13 +13,6 @@ from keras_chanattn.export.gpu_rules import Op, Tensor, op_problems, read_ops, s
 from keras_chanattn.layers.registry import list_attention, small_network_kwargs
 from tests.marks import slow_unless
 
-# Blocks whose current inference form holds 5-D tensors (SA's channel shuffle, SGE's gate on
-# each group), which the delegate refuses. A form rewritten in 4-D makes its case XPASS.
-FIVE_D_FORMS = {
-    "sa": "channel shuffle through a 5-D reshape and transpose",
-    "sge": "the group gate applied to a 5-D (..., groups, channels per group) view",
-}
-
 
 def _convert(function, *specs):
     traced = tf.function(function, input_signature=list(specs))
@@ -125,18 +118,9 @@ def _block_file(name):
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        slow_unless(
-            name in ("se", "sa"),
-            name,
-            marks=[pytest.mark.xfail(reason=FIVE_D_FORMS[name])] if name in FIVE_D_FORMS else [],
-        )
-        for name in list_attention()
-    ],
+    "name", [slow_unless(name in ("se", "sa", "sge"), name) for name in list_attention()]
 )
 def test_block_float32_file_passes_the_gpu_rules(name):
-    refused = screen_gpu_rules(_block_file(name))
-    # The only refusals known today are 5-D tensors; any other kind fails, xfail or not.
-    assert all("ranks 1 to 4 only" in r["reason"] for r in refused), refused
-    assert refused == []
+    # SA's channel shuffle and SGE's per-group gate use 4-D views (H and W merged): their
+    # 5-D forms were refused for the tensors' rank.
+    assert screen_gpu_rules(_block_file(name)) == []

@@ -100,7 +100,7 @@ class SpatialGroupEnhance(AttentionLayer):
         return {"spatial": ops.cast(self._group_gates(inputs)[1], self.compute_dtype)}
 
     def _group_gates(self, inputs):
-        """`(x, g)`: the grouped input `(N, H, W, G, C/G)` and the gates `(N, H, W, G)`,
+        """`(x, g)`: the grouped input `(N, H*W, G, C/G)` and the gates `(N, H, W, G)`,
         float32."""
         x, t = _group_similarity(inputs, self.groups)
         # Two passes (centre, then square) on every backend: t can be large (x^2 summed).
@@ -138,8 +138,8 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
 
     Same arguments, weights and outputs as `SpatialGroupEnhance` (built by its
     `inference_layer()`); only the graph differs. The similarity map is a global pooling,
-    a product and a grouped 1x1 convolution with a kernel of ones, 4-D ops that XNNPACK
-    runs faster than the 5-D mean and sum (`_grouped_similarity_by_convolution`). Each
+    a product and a grouped 1x1 convolution with a kernel of ones, ops that XNNPACK runs
+    faster than the grouped mean and sum (`_grouped_similarity_by_convolution`). Each
     group's similarity map `t` is first
     rescaled to `u = (t - min t) / (max t - min t)`, in `[0, 1]`: the normalisation
     `(t - mean) / (std + epsilon)` equals `(u - mean u) / (std u + epsilon / spread)` for
@@ -191,34 +191,40 @@ class SpatialGroupEnhanceInference(SpatialGroupEnhance):
         return self
 
 
-def _group_similarity(inputs, groups):
-    """`(x, t)`: the input split into groups, `(N, H, W, G, C/G)` (group g is channels
-    `[g * C/G, (g + 1) * C/G)`), and each position's similarity to its group's mean
-    vector, `t = sum_c x * mean_HW(x)`, `(N, H, W, G)` in float32."""
+def _grouped(inputs, groups):
+    """The NHWC input split into groups with H and W merged, `(N, H*W, G, C/G)`: group g is
+    channels `[g * C/G, (g + 1) * C/G)`. 4-D, as the TFLite GPU delegate takes ranks 1 to 4
+    only (a `(N, H, W, G, C/G)` view made SGE's file refused there)."""
     shape = ops.shape(inputs)
-    channels = inputs.shape[-1]
-    x = ops.reshape(inputs, (-1, shape[1], shape[2], groups, channels // groups))
+    return ops.reshape(inputs, (-1, shape[1] * shape[2], groups, inputs.shape[-1] // groups))
+
+
+def _group_similarity(inputs, groups):
+    """`(x, t)`: the grouped input (`_grouped`) and each position's similarity to its
+    group's mean vector, `t = sum_c x * mean_HW(x)`, `(N, H, W, G)` in float32."""
+    shape = ops.shape(inputs)
+    x = _grouped(inputs, groups)
     x32 = ops.cast(x, "float32")
-    return x, ops.sum(x32 * ops.mean(x32, axis=(1, 2), keepdims=True), axis=-1)
+    t = ops.sum(x32 * ops.mean(x32, axis=1, keepdims=True), axis=-1)
+    return x, ops.reshape(t, (-1, shape[1], shape[2], groups))
 
 
 def _grouped_similarity_by_convolution(inputs, groups):
-    """`_group_similarity` with 4-D ops only: the mean over H and W of the (N, H, W, C) map
-    (a global pooling, where the 5-D MEAN is a generic reduction) and the sums over each
-    group's channels as a grouped 1x1 convolution with a kernel of ones (`groups` groups of
-    `C / groups` inputs, one output each), where the 5-D SUM is an XNNPACK reduction over
-    the innermost few channels, several times slower in int8."""
-    shape = ops.shape(inputs)
+    """`_group_similarity` from a global pooling of the (N, H, W, C) map (where the grouped
+    form's MEAN is a generic reduction) and the sums over each group's channels as a
+    grouped 1x1 convolution with a kernel of ones (`groups` groups of `C / groups` inputs,
+    one output each), where the grouped SUM is an XNNPACK reduction over the innermost few
+    channels, several times slower in int8."""
     channels = inputs.shape[-1]
     x32 = ops.cast(inputs, "float32")
     product = x32 * ops.mean(x32, axis=(1, 2), keepdims=True)
     ones = ops.ones((1, 1, channels // groups, groups), "float32")
-    x = ops.reshape(inputs, (-1, shape[1], shape[2], groups, channels // groups))
-    return x, ops.conv(product, ones, padding="valid")
+    return _grouped(inputs, groups), ops.conv(product, ones, padding="valid")
 
 
 def _scale_groups(inputs, x, g):
-    """Scales the grouped `x` by the per-position, per-group gate `g`; back to NHWC."""
+    """Scales the grouped `x`, `(N, H*W, G, C/G)`, by the per-position, per-group gate `g`,
+    `(N, H, W, G)`, viewed as `(N, H*W, G, 1)`; back to NHWC."""
     shape = ops.shape(inputs)
-    out = x * ops.expand_dims(ops.cast(g, x.dtype), -1)
-    return ops.reshape(out, (-1, shape[1], shape[2], inputs.shape[-1]))
+    g = ops.reshape(ops.cast(g, x.dtype), (-1, shape[1] * shape[2], g.shape[-1], 1))
+    return ops.reshape(x * g, (-1, shape[1], shape[2], inputs.shape[-1]))

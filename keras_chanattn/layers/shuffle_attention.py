@@ -17,11 +17,14 @@ from keras_chanattn.layers.registry import register_attention
 
 def channel_shuffle(x, groups):
     """ShuffleNet's channel shuffle on an NHWC tensor: channel `g * C/groups + i` moves to
-    `i * groups + g`."""
+    `i * groups + g`.
+
+    H and W are merged into one axis, so the transpose is 4-D, `(N, H*W, groups, C/groups)`
+    to `(N, H*W, C/groups, groups)`: the TFLite GPU delegate refuses tensors of rank 5."""
     shape = ops.shape(x)
     channels = x.shape[-1]
-    x = ops.reshape(x, (-1, shape[1], shape[2], groups, channels // groups))
-    x = ops.transpose(x, (0, 1, 2, 4, 3))
+    x = ops.reshape(x, (-1, shape[1] * shape[2], groups, channels // groups))
+    x = ops.transpose(x, (0, 1, 3, 2))
     return ops.reshape(x, (-1, shape[1], shape[2], channels))
 
 
@@ -150,7 +153,7 @@ class ShuffleAttention(AttentionLayer):
         `[channel half, spatial half] * G`: the channel half has slope 0 (its gate is
         `sigmoid(cw * mean + cb)`), the spatial half mean weight 0 (its gate is
         `sigmoid(sw * (gamma * centred * inv_std + beta) + sb)`). Everything is
-        elementwise on (N, H, W, C) or per channel; no tensor has more than 5 dimensions.
+        elementwise on (N, H, W, C) or per channel; no tensor has more than 4 dimensions.
         """
         cw, cb, sw, sb, gamma, beta = (ops.cast(v, "float32") for v in self.weights)
         zeros = ops.zeros_like(cw)
