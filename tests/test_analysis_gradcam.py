@@ -17,6 +17,7 @@ from keras_chanattn.analysis.gradcam import (
     pointing_hits,
 )
 from keras_chanattn.analysis.overlay import overlay
+from keras_chanattn.backend import BackendError
 
 SIZE = 6
 
@@ -487,5 +488,5 @@ def test_grad_cam_refuses_models_it_cannot_explain(no_gradients, monkeypatch):
         grad_cam(lambda x: x, images)
     model, _ = _flat_model()
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ValueError, match="on the 'jax' backend. Set KERAS_BACKEND=tensorflow"):
+    with pytest.raises(BackendError, match="runs on 'jax': set KERAS_BACKEND=tensorflow"):
         grad_cam(model, images)

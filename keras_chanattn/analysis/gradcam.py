@@ -91,14 +91,14 @@ def grad_cam(model, images, layer=None, class_index=None, batch_size=32, plus_pl
         A `GradCAMResult`.
 
     Raises:
-        ValueError: a Keras backend other than TensorFlow, a model that is not a
-            single-input classifier or whose layers cannot be reached (subclassed), an
-            unknown layer name (close matches listed), a layer whose output is not 4-D or
-            that is called more than once, images of the wrong shape, a class index out
-            of range, or a bad `batch_size`; all raised before any computation.
+        keras_chanattn.backend.BackendError: Keras runs on a backend other than TensorFlow.
+        ValueError: a model that is not a single-input classifier or whose layers cannot
+            be reached (subclassed), an unknown layer name (close matches listed), a layer
+            whose output is not 4-D or that is called more than once, images of the wrong
+            shape, a class index out of range, or a bad `batch_size`; all raised before any
+            computation.
     """
     require_tensorflow("Grad-CAM (grad_cam)")
-    _check_backend()
     classes = check_classifier(model)
     target, _ = resolve_layer(model, layer)
     plan = _plan(model, target)
@@ -287,15 +287,6 @@ def _sequential_outputs(model, layer):
             f"Sequential model {model.name!r} is not built; give it a keras.Input first, or "
             "call it on a batch of images."
         ) from None
-
-
-def _check_backend():
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ValueError(
-            f"grad_cam computes gradients with TensorFlow, but Keras runs on the {backend!r} "
-            "backend. Set KERAS_BACKEND=tensorflow before importing keras."
-        )
 
 
 def check_classifier(model):
