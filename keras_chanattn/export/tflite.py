@@ -251,8 +251,7 @@ def export_tflite(
         ValueError: bad format, thresholds, calibration data or a non-NHWC image input.
         FileExistsError: `path` (or `report_path`) exists and `overwrite` is false.
         ConversionError: the converter rejected the model (e.g. an op with no builtin).
-        ExportVerificationError: a verification check failed; `.report` has the figures
-            (the README's Export section shows a call).
+        ExportVerificationError: a verification check failed; `.report` has the figures.
     """
     require_tensorflow("TFLite export (export_tflite)")
     thresholds = resolve_thresholds(quantization, thresholds)

@@ -271,12 +271,10 @@ def verify_tflite(
 ):
     """Checks that a `.tflite` computes what the Keras `model` computes, and runs on XNNPACK.
 
-    See the module docstring for what is checked. `export_tflite` calls this after every
-    conversion; call it yourself on a `.tflite` made elsewhere. The Keras side is always
-    the ORIGINAL model (not its inference forms), in inference mode; for a model computing
-    in a mixed precision policy, its float32 copy (`PreparedModel.float_model`). A file
-    without the model's softmax head (full int8 export leaves it to the app, `export.head`)
-    is compared with the model's logits.
+    The checks: the module docstring; `export_tflite` runs them after every conversion. The
+    Keras side is the ORIGINAL model (not its inference forms) in inference mode, in float32
+    under a mixed precision policy (`PreparedModel.float_model`); a file without the
+    model's softmax head (full int8 leaves it to the app) is compared with its logits.
 
     Args:
         tflite: the flatbuffer, as `bytes` or a path.
