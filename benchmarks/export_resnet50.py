@@ -72,6 +72,14 @@ CAFFE_MEANS = (103.939, 116.779, 123.68)
 
 
 def parse_args(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_model_source(parser, args)
+    _check_training(parser, args)
+    return args
+
+
+def _parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", default=None, help="comma-separated; default: all")
     parser.add_argument("--image-size", type=int, default=224)
@@ -81,6 +89,15 @@ def parse_args(argv=None):
     parser.add_argument("--calibration", type=int, default=100, help="calibration images")
     parser.add_argument("--held-out", type=int, default=100, help="held-out images")
     parser.add_argument("--synthetic", action="store_true", help="synthetic images, not digits")
+    parser.add_argument("--out", default=None, help="default: export/runs/bench-resnet50-<time>")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_training_arguments(parser)
+    return parser
+
+
+def _add_training_arguments(parser):
+    """The pretraining, fine-tune and saved-model options."""
     parser.add_argument(
         "--fine-tune-epochs", type=int, default=0, help="fine-tune each model on digits first"
     )
@@ -113,9 +130,6 @@ def parse_args(argv=None):
         help="after the fine-tune, re-estimate every BatchNorm's statistics on the training "
         "images (default: on; one epoch leaves them lagging the weights)",
     )
-    parser.add_argument("--out", default=None, help="default: export/runs/bench-resnet50-<time>")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing reports")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--weights",
         default=None,
@@ -156,7 +170,10 @@ def parse_args(argv=None):
         "building and fine-tuning them; --blocks picks among them (default: all); the image "
         "size and the fine-tune settings are the saved run's",
     )
-    args = parser.parse_args(argv)
+
+
+def _check_model_source(parser, args):
+    """Parser errors for --models-from and --weights, before any work."""
     if args.models_from is not None:
         given = [
             flag
@@ -188,6 +205,10 @@ def parse_args(argv=None):
                 "tensorflow/keras-applications/resnet/) and give its local path, or train a "
                 "stand-in here with --pretrain-epochs N."
             )
+
+
+def _check_training(parser, args):
+    """Parser errors for the pretraining and fine-tune options, before any work."""
     if args.pretrain_epochs < 0 or args.fine_tune_epochs < 0:
         parser.error("--pretrain-epochs and --fine-tune-epochs must be >= 0.")
     args.extra_epochs = _extra_epochs(parser, args.extra_epochs, args.fine_tune_epochs)
@@ -202,7 +223,6 @@ def parse_args(argv=None):
     if (args.weights is not None or args.pretrain_epochs) and not args.fine_tune_epochs:
         flag = "--weights" if args.weights is not None else "--pretrain-epochs"
         parser.error(f"{flag} needs --fine-tune-epochs N (the 10-class head is new).")
-    return args
 
 
 def images(args):
